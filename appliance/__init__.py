@@ -1,0 +1,1 @@
+"""What the administrator touches: the CLI, the admin console, backup and upgrade."""

@@ -1,0 +1,77 @@
+"""Renders a status report as one terminal screen (rich tables)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from appliance.lib.status import StatusReport
+
+STATE_STYLE = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "red", "FATAL": "red", "STOPPED": "red", "EXITED": "red"}
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render_status(console: Console, report: StatusReport) -> None:
+    by_name = {s.name: s for s in report.sections}
+
+    processes = Table(title="Processes (supervisor)")
+    processes.add_column("process")
+    processes.add_column("state")
+    processes.add_column("pid / uptime")
+    for p in by_name["processes"].details.get("processes", []):
+        style = STATE_STYLE.get(p["state"], "yellow")
+        processes.add_row(p["name"], f"[{style}]{p['state']}[/{style}]", p["description"])
+    console.print(processes)
+
+    search = by_name["opensearch"]
+    cluster = search.details.get("cluster", {})
+    nodes = Table(title=f"OpenSearch: cluster {cluster.get('status', 'unreachable')}, "
+                        f"{cluster.get('active_shards', '?')} active shards, "
+                        f"cluster manager {search.details.get('elected_cluster_manager')}")
+    nodes.add_column("node")
+    nodes.add_column("roles")
+    nodes.add_column("heap %", justify="right")
+    nodes.add_column("elected")
+    for n in search.details.get("nodes", []):
+        nodes.add_row(n["name"], n["roles"], str(n["heap_percent"]), "*" if n["elected"] else "")
+    console.print(nodes)
+
+    redis = by_name["redis"]
+    redis_table = Table(title=f"Redis: primary {redis.details.get('primary', 'unknown')}, "
+                              f"Sentinel quorum {'ok' if redis.details.get('quorum') else 'NOT reachable'}")
+    redis_table.add_column("replica")
+    redis_table.add_column("state")
+    redis_table.add_column("lag (s / bytes)", justify="right")
+    for r in redis.details.get("replicas", []):
+        redis_table.add_row(r["address"], r["state"], f"{r['lag_seconds']} / {r['lag_bytes']}")
+    for s in redis.details.get("sentinels", []):
+        redis_table.add_row(f"sentinel {s['address']}", "up" if s["up"] else "DOWN", "")
+    console.print(redis_table)
+
+    mariadb = by_name["mariadb"]
+    console.print(f"[bold]MariaDB[/bold]: {mariadb.details.get('version', 'unreachable')}, schema revision "
+                  f"{mariadb.details.get('schema_revision')} (code {mariadb.details.get('code_revision')})")
+
+    disk = Table(title="Disk use")
+    disk.add_column("data")
+    disk.add_column("path")
+    disk.add_column("size", justify="right")
+    disk.add_column("filesystem used", justify="right")
+    for d in by_name["disk"].details.get("directories", []):
+        disk.add_row(d["name"], d["path"], _human_bytes(d["bytes"]), f"{d['filesystem_used_percent']}%")
+    console.print(disk)
+
+    for section in report.sections:
+        for warning in section.warnings:
+            console.print(f"[yellow]warning[/yellow] {section.name}: {warning}")
+        for problem in section.problems:
+            console.print(f"[red]UNHEALTHY[/red] {section.name}: {problem}")
+    if report.healthy:
+        console.print("[green]The appliance is healthy.[/green]")

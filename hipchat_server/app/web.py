@@ -1,0 +1,99 @@
+"""The HTTPS process: health endpoint now; REST API v2 and XMPP over WebSocket later.
+
+Started by supervisor as root so it can bind port 443, it drops to the
+appliance's service user before it serves a single request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from twisted.internet import defer, reactor, ssl, threads
+from twisted.web import resource, server
+
+from hipchat_server import __version__, health
+from hipchat_server.app.process import drop_privileges, setup_logging
+from hipchat_server.config import ConfigError, load_config
+from hipchat_server.server import ChatServer
+
+log = logging.getLogger("hipchat.web")
+
+
+class HealthResource(resource.Resource):
+    """GET /health: 200 when MariaDB, Redis and OpenSearch answer, 503 naming the one that does not."""
+
+    isLeaf = True
+
+    def __init__(self, chat_server: ChatServer):
+        super().__init__()
+        self.chat_server = chat_server
+
+    def render_GET(self, request):
+        d = self._probe_all()
+        d.addCallback(self._respond, request)
+        d.addErrback(self._fail, request)
+        return server.NOT_DONE_YET
+
+    @defer.inlineCallbacks
+    def _probe_all(self):
+        cs = self.chat_server
+        # The probes use blocking clients; run them off the reactor thread.
+        results = yield defer.gatherResults(
+            [
+                threads.deferToThread(lambda: health.probe_database(cs.get_database_engine())),
+                threads.deferToThread(lambda: health.probe_redis(cs.get_redis_primary())),
+                threads.deferToThread(lambda: health.probe_opensearch(cs.get_opensearch_client())),
+            ]
+        )
+        return results
+
+    def _respond(self, results, request):
+        ok = all(r.ok for r in results)
+        body = {
+            "status": "ok" if ok else "unhealthy",
+            "version": __version__,
+            "checks": {r.name: {"ok": r.ok, "detail": r.detail} for r in results},
+        }
+        request.setResponseCode(200 if ok else 503)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        request.write(json.dumps(body).encode())
+        request.finish()
+
+    def _fail(self, failure, request):
+        log.error("health probe crashed: %s", failure.getTraceback())
+        request.setResponseCode(500)
+        request.finish()
+
+
+def build_site(chat_server: ChatServer) -> server.Site:
+    root = resource.Resource()
+    root.putChild(b"health", HealthResource(chat_server))
+    return server.Site(root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="HipChat Server HTTPS process")
+    parser.add_argument("--config", help="configuration file (default /etc/hipchat/hipchat.yml)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"hipchat-web: configuration error: {e}", file=sys.stderr)
+        return 2
+    chat_server = ChatServer(config)
+    tls = ssl.DefaultOpenSSLContextFactory(config.tls.private_key, config.tls.certificate)
+    reactor.listenSSL(config.http.https_port, build_site(chat_server), tls, interface=config.http.bind_address)
+    # Bound (and key read) as root; from here on run as the service user.
+    drop_privileges(config.server.user)
+    log.info("serving HTTPS on %s:%d", config.http.bind_address, config.http.https_port)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

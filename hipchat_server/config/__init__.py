@@ -1,0 +1,221 @@
+"""The appliance configuration: `/etc/hipchat/hipchat.yml`, one class per section.
+
+Every section is validated when it is loaded, and every error names the key
+path that is wrong (``database.port: expected an integer``), so an operator
+who edits the file by hand knows what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+DEFAULT_CONFIG_PATH = "/etc/hipchat/hipchat.yml"
+CONFIG_PATH_ENV = "HIPCHAT_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or has a bad value."""
+
+
+def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping, found {type(value).__name__}")
+    return value
+
+
+class _Reader:
+    """Reads typed values out of one section and names the key path on error."""
+
+    def __init__(self, section: str, values: Mapping[str, Any]):
+        self.section = section
+        self.values = values
+
+    def _path(self, key: str) -> str:
+        return f"{self.section}.{key}"
+
+    def str(self, key: str, default: str | None = None) -> str:
+        value = self.values.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self._path(key)}: expected a non-empty string")
+        return value
+
+    def int(self, key: str, default: int | None = None) -> int:
+        value = self.values.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self._path(key)}: expected an integer")
+        return value
+
+    def port(self, key: str, default: int | None = None) -> int:
+        value = self.int(key, default)
+        if not 1 <= value <= 65535:
+            raise ConfigError(f"{self._path(key)}: {value} is not a TCP port")
+        return value
+
+    def str_list(self, key: str) -> list[str]:
+        value = self.values.get(key)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self._path(key)}: expected a non-empty list of strings")
+        return value
+
+    def str_map(self, key: str) -> dict[str, str]:
+        value = self.values.get(key, {})
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{self._path(key)}: expected a mapping of names to strings")
+        return dict(value)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    domain: str
+    public_url: str
+    user: str
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "ServerConfig":
+        r = _Reader("server", _section(raw, "server"))
+        return cls(domain=r.str("domain"), public_url=r.str("public_url"), user=r.str("user", "hipchat"))
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    bind_address: str
+    https_port: int
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "HttpConfig":
+        r = _Reader("http", _section(raw, "http"))
+        return cls(bind_address=r.str("bind_address", "0.0.0.0"), https_port=r.port("https_port"))
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    certificate: str
+    private_key: str
+    ca_certificate: str
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "TlsConfig":
+        r = _Reader("tls", _section(raw, "tls"))
+        return cls(
+            certificate=r.str("certificate"),
+            private_key=r.str("private_key"),
+            ca_certificate=r.str("ca_certificate"),
+        )
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    host: str
+    port: int
+    name: str
+    user: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "DatabaseConfig":
+        r = _Reader("database", _section(raw, "database"))
+        return cls(
+            host=r.str("host"),
+            port=r.port("port", 3306),
+            name=r.str("name"),
+            user=r.str("user"),
+            password=r.str("password"),
+        )
+
+    @property
+    def url(self) -> str:
+        from sqlalchemy.engine import URL
+
+        return URL.create(
+            "mysql+pymysql",
+            username=self.user,
+            password=self.password,
+            host=self.host,
+            port=self.port,
+            database=self.name,
+            query={"charset": "utf8mb4"},
+        ).render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    sentinels: list[tuple[str, int]]
+    service_name: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "RedisConfig":
+        r = _Reader("redis", _section(raw, "redis"))
+        sentinels = []
+        for address in r.str_list("sentinels"):
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"redis.sentinels: {address!r} is not host:port")
+            sentinels.append((host, int(port)))
+        return cls(sentinels=sentinels, service_name=r.str("service_name"), password=r.str("password"))
+
+
+@dataclass(frozen=True)
+class OpenSearchConfig:
+    urls: list[str]
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "OpenSearchConfig":
+        r = _Reader("opensearch", _section(raw, "opensearch"))
+        return cls(urls=r.str_list("urls"))
+
+
+@dataclass(frozen=True)
+class ApplianceConfig:
+    supervisor_config: str
+    data_dirs: dict[str, str]
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "ApplianceConfig":
+        r = _Reader("appliance", _section(raw, "appliance"))
+        return cls(supervisor_config=r.str("supervisor_config"), data_dirs=r.str_map("data_dirs"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; each attribute is one validated section."""
+
+    server: ServerConfig
+    http: HttpConfig
+    tls: TlsConfig
+    database: DatabaseConfig
+    redis: RedisConfig
+    opensearch: OpenSearchConfig
+    appliance: ApplianceConfig
+
+    @classmethod
+    def parse(cls, raw: Any) -> "Config":
+        if not isinstance(raw, Mapping):
+            raise ConfigError("the configuration must be a YAML mapping of sections")
+        return cls(
+            server=ServerConfig.load(raw),
+            http=HttpConfig.load(raw),
+            tls=TlsConfig.load(raw),
+            database=DatabaseConfig.load(raw),
+            redis=RedisConfig.load(raw),
+            opensearch=OpenSearchConfig.load(raw),
+            appliance=ApplianceConfig.load(raw),
+        )
+
+
+def load_config(path: str | None = None) -> Config:
+    """Load and validate the configuration file (``$HIPCHAT_CONFIG`` or the default path)."""
+    path = path or os.environ.get(CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}; is the appliance installed?") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    return Config.parse(raw)

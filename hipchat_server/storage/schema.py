@@ -1,0 +1,143 @@
+"""The MariaDB schema as SQLAlchemy Core tables.
+
+Alembic migrations under ``migrations/versions`` create and change these
+tables; this module is what the code queries against and must agree with
+the newest migration (a test compares the two).
+"""
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("mention_name", String(100), nullable=False, unique=True),
+    Column("email", String(255), nullable=False, unique=True),
+    # The XMPP localpart; immutable once created so JIDs stay stable.
+    Column("username", String(100), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=True),
+    Column("title", String(100), nullable=False, server_default=""),
+    Column("timezone", String(64), nullable=False, server_default="UTC"),
+    Column("is_admin", Boolean, nullable=False, server_default="0"),
+    Column("is_guest", Boolean, nullable=False, server_default="0"),
+    Column("is_active", Boolean, nullable=False, server_default="1"),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    Column("deleted_at", DateTime, nullable=True),
+)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_id", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+)
+
+rooms = Table(
+    "rooms",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("topic", String(250), nullable=False, server_default=""),
+    # "public" or "private" (members-only), HipChat's two privacy levels.
+    Column("privacy", String(16), nullable=False, server_default="public"),
+    Column("is_archived", Boolean, nullable=False, server_default="0"),
+    Column("is_guest_accessible", Boolean, nullable=False, server_default="0"),
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+)
+
+room_members = Table(
+    "room_members",
+    metadata,
+    Column("room_id", Integer, ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    # XEP-0045 affiliation: owner, admin, member or outcast.
+    Column("affiliation", String(16), nullable=False, server_default="member"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # SHA-256 of the token; the token itself is shown once and never stored.
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("label", String(100), nullable=False, server_default=""),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    Column("room_id", Integer, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=True),
+    Column("scopes", JSON, nullable=False),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime, nullable=True),
+)
+
+feature_flags = Table(
+    "feature_flags",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("description", String(255), nullable=False, server_default=""),
+    Column("enabled", Boolean, nullable=False, server_default="0"),
+)
+
+group_flags = Table(
+    "group_flags",
+    metadata,
+    Column("flag_name", String(64), ForeignKey("feature_flags.name", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("at", DateTime, nullable=False, server_default=func.now()),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(255), nullable=False, server_default=""),
+    Column("details", Text, nullable=True),
+    Index("ix_audit_log_at", "at"),
+)
+
+__all__ = [
+    "metadata",
+    "users",
+    "groups",
+    "group_members",
+    "rooms",
+    "room_members",
+    "api_tokens",
+    "feature_flags",
+    "group_flags",
+    "audit_log",
+]
