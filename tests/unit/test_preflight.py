@@ -17,7 +17,7 @@ def run_preflight(**overrides):
     args = {
         "min_memory_mb": 1,
         "min_disk_mb": {"/tmp": 1},
-        "ports": [],
+        "ports": {},
         "supervisor_pidfile": "/nonexistent/supervisord.pid",
         "java_major": 1,
         "java_package": "openjdk-17-jre-headless",
@@ -39,7 +39,7 @@ def test_taken_port_is_named_with_its_holder():
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = run_preflight(ports=[{"port": port, "service": "xmpp"}])
+        result = run_preflight(ports={"xmpp": [port]})
     assert result.returncode == 1
     assert f"port: {port} (xmpp) is taken by" in result.stdout
     assert f"pid {os.getpid()}" in result.stdout
@@ -50,7 +50,7 @@ def test_free_port_passes():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    assert run_preflight(ports=[{"port": port, "service": "xmpp"}]).returncode == 0
+    assert run_preflight(ports={"xmpp": [port]}).returncode == 0
 
 
 def test_memory_and_disk_shortfalls_are_each_named():

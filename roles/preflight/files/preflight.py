@@ -95,8 +95,7 @@ def main():
 
     ours = supervisor_pid(args["supervisor_pidfile"])
     listening = listening_pids()
-    for entry in args["ports"]:
-        port = int(entry["port"])
+    for service, port in sorted((s, int(p)) for s, ports in args["ports"].items() for p in ports):
         holders = listening.get(port)
         if not holders:
             continue
@@ -109,7 +108,7 @@ def main():
             except OSError:
                 names.append(f"pid {pid}")
         failures.append(
-            f"port: {port} ({entry['service']}) is taken by {', '.join(names) or 'another process'}; "
+            f"port: {port} ({service}) is taken by {', '.join(names) or 'another process'}; "
             "stop that process or set another port for the service."
         )
 
