@@ -44,7 +44,7 @@ def probe_redis(primary) -> ProbeResult:
 
 def probe_opensearch(client) -> ProbeResult:
     def check() -> str:
-        status = client.cluster.health(timeout="2s")["status"]
+        status = client.cluster.health(request_timeout=3)["status"]
         if status == "red":
             raise RuntimeError("cluster health is red")
         return f"cluster {status}"

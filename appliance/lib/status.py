@@ -81,8 +81,8 @@ def check_processes(config: Config) -> Section:
 def check_opensearch(client) -> Section:
     section = Section("opensearch")
     try:
-        health = client.cluster.health(timeout="3s")
-        nodes = client.cat.nodes(format="json", h="name,node.roles,heap.percent,ram.percent,cluster_manager,ip,http_address")
+        health = client.cluster.health(request_timeout=5)
+        nodes = client.cat.nodes(request_timeout=5, format="json", h="name,node.roles,heap.percent,ram.percent,cluster_manager,ip,http_address")
     except Exception as e:
         section.problem(f"the OpenSearch cluster does not answer ({type(e).__name__}: {e})")
         return section
@@ -113,22 +113,24 @@ def check_opensearch(client) -> Section:
 
 
 def check_redis(redis_config) -> Section:
-    from redis.sentinel import Sentinel
+    import redis
 
     section = Section("redis")
     sentinels = []
     primary = None
     quorum_ok = False
     for host, port in redis_config.sentinels:
-        sentinel = Sentinel([(host, port)], socket_timeout=1.0).sentinels[0]
+        sentinel = redis.Redis(host=host, port=port, socket_timeout=1.0, decode_responses=True)
         try:
             state = sentinel.sentinel_master(redis_config.service_name)
             sentinels.append({"address": f"{host}:{port}", "up": True, "primary": f"{state['ip']}:{state['port']}"})
             primary = primary or (state["ip"], int(state["port"]))
-            try:
-                quorum_ok = quorum_ok or bool(sentinel.execute_command("SENTINEL CKQUORUM", redis_config.service_name))
-            except Exception as e:
-                section.warnings.append(f"sentinel {host}:{port}: {e}")
+            # Sent raw: redis-py reads CKQUORUM's "OK 3 usable Sentinels..." reply as False.
+            reply = sentinel.execute_command("SENTINEL", "CKQUORUM", redis_config.service_name)
+            quorum_ok = quorum_ok or str(reply).startswith("OK")
+        except redis.ResponseError as e:
+            sentinels.append({"address": f"{host}:{port}", "up": True, "error": str(e)})
+            section.warnings.append(f"sentinel {host}:{port}: {e}")
         except Exception as e:
             sentinels.append({"address": f"{host}:{port}", "up": False, "error": str(e)})
             section.problem(f"sentinel {host}:{port} does not answer")
@@ -136,12 +138,12 @@ def check_redis(redis_config) -> Section:
     section.details["quorum"] = quorum_ok
     if not quorum_ok:
         section.problem("the Sentinels cannot reach a quorum to fail over")
+    if len({s.get("primary") for s in sentinels if s.get("primary")}) > 1:
+        section.problem("the Sentinels disagree about which node is primary")
     if primary is None:
         section.problem("no Sentinel names a primary")
         return section
     section.details["primary"] = f"{primary[0]}:{primary[1]}"
-    import redis
-
     try:
         info = redis.Redis(host=primary[0], port=primary[1], password=redis_config.password, socket_timeout=2).info("replication")
     except Exception as e:

@@ -11,12 +11,12 @@ class FakeOpenSearch:
         self.cluster = self
         self.cat = self
 
-    def health(self, timeout):
+    def health(self, request_timeout):
         if isinstance(self._health, Exception):
             raise self._health
         return self._health
 
-    def nodes(self, format, h):
+    def nodes(self, request_timeout, format, h):
         return self._nodes
 
 
