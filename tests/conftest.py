@@ -26,13 +26,14 @@ def supervisorctl(*args: str, check: bool = False) -> subprocess.CompletedProces
         capture_output=True,
         text=True,
         check=check,
+        timeout=60,
     )
 
 
 def program_pid(name: str) -> int:
     """The PID supervisor reports for program ``name`` (``group:program``), 0 when not running."""
     out = supervisorctl("pid", name).stdout.strip()
-    return int(out) if out.isdigit() else 0
+    return int(out) if out.isdigit() and int(out) > 0 else 0
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):

@@ -8,17 +8,14 @@ killed JVM back and the cluster is green again, so later tests see a whole
 cluster.
 
 Environment overrides (for running against another installation):
-HIPCHAT_OPENSEARCH_URL (a data node's HTTP URL) and HIPCHAT_SUPERVISORCTL
-(the supervisorctl command line).
+HIPCHAT_OPENSEARCH_URL (a data node's HTTP URL).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -26,13 +23,9 @@ import uuid
 
 import pytest
 
+from tests.conftest import program_pid, supervisorctl, wait_for
+
 OPENSEARCH_URL = os.environ.get("HIPCHAT_OPENSEARCH_URL", "http://127.0.0.1:9200").rstrip("/")
-SUPERVISORCTL = shlex.split(
-    os.environ.get(
-        "HIPCHAT_SUPERVISORCTL",
-        "/opt/hipchat/venv/bin/supervisorctl -c /etc/hipchat/supervisord.conf",
-    )
-)
 
 # The role's defaults (roles/opensearch/defaults/main.yml).
 SUPERVISOR_GROUP = "opensearch"
@@ -85,20 +78,14 @@ def api(method: str, path: str, body=None, base: str = OPENSEARCH_URL, timeout: 
     return json.loads(text) if text else None
 
 
-def supervisorctl(*args: str) -> subprocess.CompletedProcess:
-    """Run supervisorctl against the appliance's supervisord."""
-    return subprocess.run([*SUPERVISORCTL, *args], capture_output=True, text=True, timeout=60)
-
-
 def program_name(node_name: str) -> str:
     """The supervisor program (``group:program``) that runs OpenSearch node ``node_name``."""
     return f"{SUPERVISOR_GROUP}:opensearch-{node_name}"
 
 
-def program_pid(node_name: str) -> int:
+def node_pid(node_name: str) -> int:
     """The PID supervisor reports for node ``node_name``'s JVM, 0 when not running."""
-    out = supervisorctl("pid", program_name(node_name)).stdout.strip()
-    return int(out) if out.isdigit() and int(out) > 0 else 0
+    return program_pid(program_name(node_name))
 
 
 def supervised_node_names() -> set[str]:
@@ -106,21 +93,6 @@ def supervised_node_names() -> set[str]:
     out = supervisorctl("status", f"{SUPERVISOR_GROUP}:").stdout
     prefix = f"{SUPERVISOR_GROUP}:opensearch-"
     return {line.split()[0][len(prefix) :] for line in out.splitlines() if line.startswith(prefix)}
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (ApiError, OSError, ValueError) as e:  # a node may be down or restarting
-            last_error = e
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r})")
 
 
 def nodes() -> dict[str, dict]:
@@ -175,7 +147,7 @@ def count(index: str, base: str = OPENSEARCH_URL) -> int:
 
 def kill_node(node_name: str) -> int:
     """SIGKILL node ``node_name``'s JVM (as a crash would); returns the PID killed."""
-    pid = program_pid(node_name)
+    pid = node_pid(node_name)
     assert pid, f"supervisor reports no running JVM for {program_name(node_name)}"
     os.kill(pid, signal.SIGKILL)
     return pid
@@ -190,7 +162,7 @@ def jvm_start_millis(node_name: str) -> int:
 def wait_for_rejoin(node_name: str, old_pid: int, killed_at: float) -> None:
     """Wait until supervisor runs node ``node_name`` under a new PID and that new JVM is back in the cluster."""
     wait_for(
-        lambda: program_pid(node_name) not in (0, old_pid),
+        lambda: node_pid(node_name) not in (0, old_pid),
         REJOIN_DEADLINE_SECONDS,
         what=f"supervisor to restart {program_name(node_name)}",
     )
@@ -207,8 +179,6 @@ def wait_for_rejoin(node_name: str, old_pid: int, killed_at: float) -> None:
 @pytest.fixture(scope="module")
 def cluster_nodes():
     """The cluster's nodes, once the appliance's cluster is reachable and green."""
-    if not os.path.exists(SUPERVISORCTL[0]):
-        pytest.skip(f"the appliance is not installed here ({SUPERVISORCTL[0]} is missing)")
     expected = supervised_node_names()
     assert expected, f"supervisor has no program in the {SUPERVISOR_GROUP!r} group"
     wait_for_whole_green_cluster(len(expected))

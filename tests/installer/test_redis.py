@@ -5,29 +5,21 @@ primary is Sentinel's answer, never an assumption: after the failover test
 the supervisor program `redis:redis-primary` runs the replica and
 `redis:redis-replica` the primary, which is expected.
 
-Environment overrides (for running against a supervisord other than the
-appliance's): HIPCHAT_SUPERVISORCTL (the supervisorctl command line) and
-HIPCHAT_REDIS_PASSWORD_FILE.
+Environment override: HIPCHAT_REDIS_PASSWORD_FILE.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import signal
-import subprocess
 import time
 import uuid
 
 import pytest
 import redis
 
-SUPERVISORCTL = shlex.split(
-    os.environ.get(
-        "HIPCHAT_SUPERVISORCTL",
-        "/opt/hipchat/venv/bin/supervisorctl -c /etc/hipchat/supervisord.conf",
-    )
-)
+from tests.conftest import program_pid, wait_for
+
 PASSWORD_FILE = os.environ.get("HIPCHAT_REDIS_PASSWORD_FILE", "/etc/hipchat/secrets/redis_password")
 
 # The roles' defaults (roles/redis, roles/redis_sentinel).
@@ -45,32 +37,6 @@ REJOIN_DEADLINE_SECONDS = 60
 
 
 # --- helpers -----------------------------------------------------------------
-
-
-def supervisorctl(*args: str) -> subprocess.CompletedProcess:
-    """Run supervisorctl against the appliance's supervisord."""
-    return subprocess.run([*SUPERVISORCTL, *args], capture_output=True, text=True, timeout=30)
-
-
-def program_pid(name: str) -> int:
-    """The PID supervisor reports for program ``name`` (``group:program``), 0 when not running."""
-    out = supervisorctl("pid", name).stdout.strip()
-    return int(out) if out.isdigit() and int(out) > 0 else 0
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (redis.RedisError, OSError) as e:  # an instance may be restarting
-            last_error = e
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r})")
 
 
 def password() -> str:
