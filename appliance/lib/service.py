@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import sys
 import time
+import xmlrpc.client
 
 from rich.console import Console
 
@@ -18,9 +20,13 @@ def start_appliance(console: Console, config_path: str | None = None, timeout: f
     from appliance.lib.status import supervisor_rpc
 
     config = load_config(config_path)
-    rpc = supervisor_rpc(config.appliance.supervisor_config)
+    # A fresh proxy per call: after a refused connection, an XML-RPC proxy's
+    # HTTP connection is left unusable (CannotSendRequest).
+    def rpc():
+        return supervisor_rpc(config.appliance.supervisor_config).supervisor
+
     try:
-        rpc.supervisor.getPID()
+        rpc().getPID()
         console.print("supervisord is already running.")
     except OSError:
         console.print("Starting supervisord...")
@@ -29,8 +35,8 @@ def start_appliance(console: Console, config_path: str | None = None, timeout: f
     pending: list[str] = []
     while time.monotonic() < deadline:
         try:
-            infos = rpc.supervisor.getAllProcessInfo()
-        except OSError:
+            infos = rpc().getAllProcessInfo()
+        except (OSError, http.client.HTTPException, xmlrpc.client.Fault):
             time.sleep(1)
             continue
         pending = [i["name"] for i in infos if i["statename"] != "RUNNING"]
