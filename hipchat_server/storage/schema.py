@@ -49,6 +49,21 @@ users = Table(
     Column("deleted_at", DateTime, nullable=True),
 )
 
+# SCRAM (RFC 5802 / RFC 7677) keys per user and mechanism; salt and keys as base64.
+# The password is never stored: only these keys and the argon2 hash in users.
+user_credentials = Table(
+    "user_credentials",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    # "SCRAM-SHA-256" or "SCRAM-SHA-1".
+    Column("mechanism", String(32), primary_key=True),
+    Column("salt", String(128), nullable=False),
+    Column("iterations", Integer, nullable=False),
+    Column("stored_key", String(128), nullable=False),
+    Column("server_key", String(128), nullable=False),
+    Column("updated_at", DateTime, nullable=False, server_default=func.now()),
+)
+
 groups = Table(
     "groups",
     metadata,
@@ -132,6 +147,7 @@ audit_log = Table(
 __all__ = [
     "metadata",
     "users",
+    "user_credentials",
     "groups",
     "group_members",
     "rooms",
