@@ -56,6 +56,12 @@ class _Reader:
             raise ConfigError(f"{self._path(key)}: {value} is not a TCP port")
         return value
 
+    def positive_int(self, key: str, default: int | None = None) -> int:
+        value = self.int(key, default)
+        if value < 1:
+            raise ConfigError(f"{self._path(key)}: expected a positive integer, found {value}")
+        return value
+
     def str_list(self, key: str) -> list[str]:
         value = self.values.get(key)
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
@@ -171,6 +177,35 @@ class OpenSearchConfig:
 
 
 @dataclass(frozen=True)
+class XmppConfig:
+    """The XMPP client ports (section ``xmpp``, optional: every key has a default)."""
+
+    bind_address: str = "0.0.0.0"
+    c2s_port: int = 5222  # STARTTLS, required
+    c2s_tls_port: int = 5223  # TLS from the first byte
+    frontend_processes: int = 1  # how many hipchat-xmpp processes share the ports
+    max_sessions_per_user: int = 10  # bound resources of one user on one front end
+    auth_failures_per_minute: int = 5  # failed SASL attempts one IP may make per minute and process
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "XmppConfig":
+        if raw.get("xmpp") is None:
+            return cls()
+        r = _Reader("xmpp", _section(raw, "xmpp"))
+        config = cls(
+            bind_address=r.str("bind_address", cls.bind_address),
+            c2s_port=r.port("c2s_port", cls.c2s_port),
+            c2s_tls_port=r.port("c2s_tls_port", cls.c2s_tls_port),
+            frontend_processes=r.positive_int("frontend_processes", cls.frontend_processes),
+            max_sessions_per_user=r.positive_int("max_sessions_per_user", cls.max_sessions_per_user),
+            auth_failures_per_minute=r.positive_int("auth_failures_per_minute", cls.auth_failures_per_minute),
+        )
+        if config.c2s_port == config.c2s_tls_port:
+            raise ConfigError(f"xmpp.c2s_tls_port: {config.c2s_tls_port} is also xmpp.c2s_port")
+        return config
+
+
+@dataclass(frozen=True)
 class ApplianceConfig:
     supervisor_config: str
     data_dirs: dict[str, str]
@@ -192,6 +227,7 @@ class Config:
     redis: RedisConfig
     opensearch: OpenSearchConfig
     appliance: ApplianceConfig
+    xmpp: XmppConfig = field(default_factory=XmppConfig)
 
     @classmethod
     def parse(cls, raw: Any) -> "Config":
@@ -205,6 +241,7 @@ class Config:
             redis=RedisConfig.load(raw),
             opensearch=OpenSearchConfig.load(raw),
             appliance=ApplianceConfig.load(raw),
+            xmpp=XmppConfig.load(raw),
         )
 
 

@@ -25,6 +25,8 @@ EXPECTED_PROGRAMS = {
     "opensearch:opensearch-data-1",
     "opensearch:opensearch-data-2",
     "chat-core:web",
+    # One XMPP front end per CPU (chat_core_xmpp_processes defaults to the vCPU count).
+    *(f"chat-core:xmpp-{n}" for n in range(os.cpu_count() or 1)),
 }
 
 

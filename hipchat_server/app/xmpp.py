@@ -1,0 +1,121 @@
+"""The XMPP front-end process: client streams on the STARTTLS port and the direct-TLS port.
+
+Supervisor runs several of these per host; they all listen on the same two
+ports, each socket opened with SO_REUSEPORT, so the kernel spreads new
+connections over the processes. The ports are above 1024: the process runs
+as the service user from the start (it drops privileges only if started as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import logging
+import socket
+import sys
+
+from twisted.internet import reactor
+from twisted.logger import STDLibLogObserver, globalLogBeginner
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from hipchat_server.app.process import drop_privileges, setup_logging
+from hipchat_server.config import Config, ConfigError, load_config
+from hipchat_server.server import ChatServer
+from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
+from hipchat_server.xmpp.bind import SessionTable
+from hipchat_server.xmpp.c2s import ClientFactory
+from hipchat_server.xmpp.local_routing import EchoLessRouter
+from hipchat_server.xmpp.sasl import SaslServer
+from hipchat_server.xmpp.tls import server_tls_options
+
+log = logging.getLogger("hipchat.xmpp")
+
+LISTEN_BACKLOG = 1024  # a reconnect storm arrives all at once
+
+
+def reuse_port_socket(address: str, port: int) -> socket.socket:
+    """A listening, non-blocking TCP socket that other processes may bind to the same port (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def build_factories(chat_server: ChatServer, tls_options) -> tuple[ClientFactory, ClientFactory]:
+    """The factories of the STARTTLS port and of the direct-TLS port, sharing sessions and limits."""
+    from hipchat_server.storage.users import UserStore
+    from hipchat_server.users import UserCredentials
+
+    config: Config = chat_server.get_config()
+    domain = config.server.domain
+    credentials = UserCredentials(UserStore(chat_server.get_database_engine()))
+    # Every front end must answer an unknown user with the same fake SCRAM salt,
+    # or comparing answers would tell who exists: derive it from a shared secret.
+    fake_salt_secret = hashlib.sha256(b"hipchat scram fake salt\0" + config.database.password.encode()).digest()
+    sasl_server = SaslServer(credentials, domain, fake_salt_secret=fake_salt_secret)
+    sessions = SessionTable()
+    shared = dict(
+        sessions=sessions,
+        auth_limiter=AuthFailureLimiter(config.xmpp.auth_failures_per_minute, 60.0),
+        max_sessions_per_user=config.xmpp.max_sessions_per_user,
+    )
+    router = EchoLessRouter(domain, sessions)
+    starttls = ClientFactory(domain, sasl_server, router, tls_options, **shared)
+    direct = ClientFactory(domain, sasl_server, router, tls_options, direct_tls=True, **shared)
+    return starttls, direct
+
+
+def listen(address: str, port: int, factory) -> None:
+    """Serve ``factory`` on a SO_REUSEPORT socket shared with the other front ends."""
+    sock = reuse_port_socket(address, port)
+    reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+    sock.close()  # the reactor holds its own duplicate of the descriptor
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="HipChat Server XMPP front end (client streams)")
+    parser.add_argument("--config", help="configuration file (default /etc/hipchat/hipchat.yml)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"hipchat-xmpp: configuration error: {e}", file=sys.stderr)
+        return 2
+    xmpp = config.xmpp
+    try:
+        tls_options = server_tls_options(config.tls.certificate, config.tls.private_key)
+        starttls, direct = build_factories(ChatServer(config), tls_options)
+        listen(xmpp.bind_address, xmpp.c2s_port, starttls)
+        listen(xmpp.bind_address, xmpp.c2s_tls_port, TLSMemoryBIOFactory(tls_options, False, direct))
+    except OSError as e:
+        print(f"hipchat-xmpp: cannot start: {e}", file=sys.stderr)
+        return 1
+    # On stop, tell each client why its stream ends, so it reconnects (to another front end).
+    sessions = starttls.sessions
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: [c.send_stream_error("system-shutdown") for c in sessions.connections()]
+    )
+    drop_privileges(config.server.user)  # a no-op under supervisor's `user =`
+    log.info(
+        "serving XMPP clients on %s: %d (STARTTLS) and %d (direct TLS)",
+        xmpp.bind_address,
+        xmpp.c2s_port,
+        xmpp.c2s_tls_port,
+    )
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`EchoLessRouter`: stanza routing inside one front-end process, until routing through Redis replaces it.
+
+It knows only the streams bound on this process (a `bind.SessionTable`):
+
+- an iq to the server or to the sender's own account: XEP-0199 ping gets a
+  result, any other get or set ``service-unavailable`` (RFC 6120 8.4);
+- an iq to a full JID bound here is delivered; a get or set to anyone else
+  gets ``service-unavailable``;
+- a message to a full JID bound here goes to it; to a bare JID, or to a full
+  JID not bound here (RFC 6121 8.5.3.2.1), to every resource of that user
+  here; with none, ``service-unavailable`` (no offline storage yet);
+- presence is ignored, and nothing is ever echoed back to its sender's stream.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from hipchat_server.xmpp.bind import SessionTable
+from hipchat_server.xmpp.errors import stanza_error_reply
+from hipchat_server.xmpp.jid import JID, parse_jid
+from hipchat_server.xmpp.ping import is_ping
+from hipchat_server.xmpp.stanzas import iq_result
+
+# Message types answered with an error when nobody can receive them (RFC 6121 8.5.2 and 8.5.3).
+_ANSWERED_MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat"})
+
+
+class EchoLessRouter:
+    """A `c2s.StanzaRouter` over the sessions bound on this process."""
+
+    log = Logger()
+
+    def __init__(self, domain: str, sessions: SessionTable):
+        self.domain = parse_jid(domain)
+        self.sessions = sessions
+
+    def session_started(self, connection) -> None:
+        self.log.debug("{jid} bound", jid=connection.jid)
+
+    def session_ended(self, connection) -> None:
+        self.log.debug("{jid} gone", jid=connection.jid)
+
+    def stanza_from_client(self, connection, element: domish.Element) -> None:
+        to = element.getAttribute("to")
+        target = parse_jid(to) if to else None  # the connection checked that it parses
+        if element.name == "iq":
+            self._iq(connection, element, target)
+        elif element.name == "message":
+            self._message(connection, element, target)
+
+    def _iq(self, connection, iq: domish.Element, target: JID | None) -> None:
+        kind = iq.getAttribute("type")
+        if target is None or target in (self.domain, connection.jid.bare()):
+            if is_ping(iq):
+                connection.deliver(iq_result(iq))
+            elif kind in ("get", "set"):
+                connection.deliver(stanza_error_reply(iq, "service-unavailable"))
+            return
+        recipient = self.sessions.get(target) if target.resourcepart is not None else None
+        if recipient is not None:
+            recipient.deliver(iq)
+        elif kind in ("get", "set"):
+            connection.deliver(stanza_error_reply(iq, "service-unavailable"))
+
+    def _message(self, connection, message: domish.Element, target: JID | None) -> None:
+        if target is None or target.localpart is None:
+            return  # to the server itself: nothing handles it yet
+        recipient = self.sessions.get(target) if target.resourcepart is not None else None
+        recipients = [recipient] if recipient is not None else self.sessions.resources(target.bare())
+        for recipient in recipients:
+            if recipient is not connection:
+                recipient.deliver(message)
+        kind = message.getAttribute("type", "normal")
+        if not recipients and kind in _ANSWERED_MESSAGE_TYPES:
+            connection.deliver(stanza_error_reply(message, "service-unavailable"))
