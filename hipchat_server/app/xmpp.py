@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import ipaddress
 import logging
+import os
 import socket
 import sys
 
@@ -21,11 +22,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from hipchat_server.app.process import drop_privileges, setup_logging
 from hipchat_server.config import Config, ConfigError, load_config
+from hipchat_server.routing import ClusterRouter, DeliveryListener
 from hipchat_server.server import ChatServer
+from hipchat_server.storage.sessions import SessionDirectory
 from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
 from hipchat_server.xmpp.bind import SessionTable
 from hipchat_server.xmpp.c2s import ClientFactory
-from hipchat_server.xmpp.local_routing import EchoLessRouter
 from hipchat_server.xmpp.sasl import SaslServer
 from hipchat_server.xmpp.tls import server_tls_options
 
@@ -50,7 +52,12 @@ def reuse_port_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
-def build_factories(chat_server: ChatServer, tls_options) -> tuple[ClientFactory, ClientFactory]:
+def frontend_id() -> str:
+    """This front end's name in the session directory: host and supervisor process name."""
+    return f"{socket.gethostname()}:{os.environ.get('SUPERVISOR_PROCESS_NAME', os.getpid())}"
+
+
+def build_factories(chat_server: ChatServer, tls_options, directory: SessionDirectory) -> tuple[ClientFactory, ClientFactory]:
     """The factories of the STARTTLS port and of the direct-TLS port, sharing sessions and limits."""
     from hipchat_server.storage.users import UserStore
     from hipchat_server.users import UserCredentials
@@ -68,7 +75,7 @@ def build_factories(chat_server: ChatServer, tls_options) -> tuple[ClientFactory
         auth_limiter=AuthFailureLimiter(config.xmpp.auth_failures_per_minute, 60.0),
         max_sessions_per_user=config.xmpp.max_sessions_per_user,
     )
-    router = EchoLessRouter(domain, sessions)
+    router = ClusterRouter(domain, sessions, directory)
     starttls = ClientFactory(domain, sasl_server, router, tls_options, **shared)
     direct = ClientFactory(domain, sasl_server, router, tls_options, direct_tls=True, **shared)
     return starttls, direct
@@ -95,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     xmpp = config.xmpp
     try:
         tls_options = server_tls_options(config.tls.certificate, config.tls.private_key)
-        starttls, direct = build_factories(ChatServer(config), tls_options)
+        chat_server = ChatServer(config)
+        directory = SessionDirectory(chat_server.get_redis_primary(), frontend_id())
+        # Sessions a crashed predecessor of this front end left in the directory are gone.
+        cleared = directory.clear_frontend()
+        if cleared:
+            log.info("cleared %d stale sessions of front end %s", cleared, directory.frontend_id)
+        starttls, direct = build_factories(chat_server, tls_options, directory)
+        DeliveryListener(chat_server.get_redis_primary, directory.channel, starttls.router.deliver_published).start()
         listen(xmpp.bind_address, xmpp.c2s_port, starttls)
         listen(xmpp.bind_address, xmpp.c2s_tls_port, TLSMemoryBIOFactory(tls_options, False, direct))
     except OSError as e:

@@ -1,4 +1,4 @@
-"""`EchoLessRouter`: stanza routing inside one front-end process, until routing through Redis replaces it.
+"""`EchoLessRouter`: stanza routing inside one front-end process (`routing.ClusterRouter` extends it across front ends).
 
 It knows only the streams bound on this process (a `bind.SessionTable`):
 

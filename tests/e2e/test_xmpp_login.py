@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import uuid
 
@@ -183,41 +184,77 @@ def test_wrong_password_is_refused(endpoint, alice):
     run(scenario())
 
 
-def test_two_users_exchange_a_message(endpoint, alice, bob):
-    """A chat message from one user to the other's bare JID arrives with the sender's full JID and the body.
+def front_end_of(config, username: str, resource: str) -> str | None:
+    """The front end the session directory in Redis names for a bound session."""
+    from hipchat_server.storage.redis import primary_client
 
-    Until routing through Redis lands, a message reaches only users on the same
-    front-end process; the kernel spreads connections over the processes, so
-    the sender reconnects until its message is not bounced (service-unavailable).
+    value = primary_client(config.redis).hget(f"xmpp:sessions:{username}@{config.server.domain}", resource)
+    return value.decode() if value else None
+
+
+async def exchange(sender, receiver, body: str):
+    """Send ``body`` from sender to receiver's bare JID; return what the receiver got."""
+    sender.send_message(mto=receiver.boundjid.bare, mbody=body, mtype="chat")
+    return await asyncio.wait_for(receiver.received.get(), TIMEOUT)
+
+
+def test_two_users_on_different_front_ends_chat_both_ways_in_order(config, endpoint, alice, bob):
+    """Users held by two different front-end processes exchange messages both ways, in the order sent.
+
+    The kernel spreads connections over the front ends; the sender reconnects
+    until the session directory in Redis shows it on another front end than
+    the receiver, so the cross-process path (Redis pub/sub) is what is tested.
     """
+    if (os.cpu_count() or 1) < 2:
+        pytest.fail("this host runs one front end; the test needs two")
 
     async def scenario():
         receiver, ok = await login(endpoint, bob)
         assert ok
+        sender = None
         try:
-            for attempt in range(12):
+            for _ in range(20):
                 sender, ok = await login(endpoint, alice)
                 assert ok
-                try:
-                    body = f"hello {attempt} {uuid.uuid4().hex[:6]}"
-                    sender.send_message(mto=f"{bob}@{endpoint.domain}", mbody=body, mtype="chat")
-                    waits = [asyncio.ensure_future(c.received.get()) for c in (receiver, sender)]
-                    done, pending = await asyncio.wait(waits, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-                    for wait in pending:
-                        wait.cancel()
-                    assert done, "neither a delivery nor a bounce arrived"
-                    message = done.pop().result()
-                    if message["type"] == "error":
-                        assert message["error"]["condition"] == "service-unavailable"
-                        continue  # on another front end: try again
-                    assert message["body"] == body
-                    assert message["from"] == sender.boundjid
-                    return
-                finally:
-                    await sender.close()
-            pytest.fail("the two users never landed on the same front-end process")
+                await asyncio.sleep(0.3)  # the directory entry is written right after binding
+                where = (
+                    front_end_of(config, bob, receiver.boundjid.resource),
+                    front_end_of(config, alice, sender.boundjid.resource),
+                )
+                assert None not in where, f"a bound session is missing from the directory: {where}"
+                if where[0] != where[1]:
+                    break
+                await sender.close()
+                sender = None
+            assert sender is not None, "the sender never landed on another front end"
+            bodies = [f"message {n} {uuid.uuid4().hex[:6]}" for n in range(5)]
+            received = [await exchange(sender, receiver, body) for body in bodies]
+            assert [m["body"] for m in received] == bodies
+            assert all(m["from"] == sender.boundjid for m in received)
+            reply = await exchange(receiver, sender, "and back")
+            assert reply["body"] == "and back"
         finally:
+            if sender is not None:
+                await sender.close()
             await receiver.close()
+
+    logging.getLogger("slixmpp").setLevel(logging.WARNING)
+    run(scenario())
+
+
+def test_message_to_a_user_with_no_session_is_refused(endpoint, alice, bob):
+    """A chat message to a user who is not connected comes back as service-unavailable (no offline storage yet)."""
+
+    async def scenario():
+        sender, ok = await login(endpoint, alice)
+        assert ok
+        try:
+            sender.send_message(mto=f"{bob}@{endpoint.domain}", mbody="anyone?", mtype="chat")
+            message = await asyncio.wait_for(sender.received.get(), TIMEOUT)
+            assert message["type"] == "error"
+            assert message["error"]["condition"] == "service-unavailable"
+        finally:
+            await sender.close()
 
     logging.getLogger("slixmpp").setLevel(logging.WARNING)
     run(scenario())

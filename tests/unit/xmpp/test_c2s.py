@@ -531,7 +531,10 @@ def test_process_builds_two_ports_that_share_sessions_and_limits():
     from hipchat_server.server import ChatServer
     from tests.unit.test_config import VALID
 
-    starttls, direct = build_factories(ChatServer(Config.parse(VALID)), TLS_OPTIONS)
+    from hipchat_server.storage.sessions import SessionDirectory
+
+    directory = SessionDirectory(redis_primary=None, frontend_id="test:xmpp-0")  # no Redis is touched here
+    starttls, direct = build_factories(ChatServer(Config.parse(VALID)), TLS_OPTIONS, directory)
     assert (starttls.direct_tls, direct.direct_tls) == (False, True)
     assert starttls.sessions is direct.sessions and starttls.router is direct.router
     assert starttls.auth_limiter is direct.auth_limiter and starttls.auth_limiter.max_failures == 5
