@@ -3,7 +3,8 @@
 It knows only the streams bound on this process (a `bind.SessionTable`):
 
 - an iq to the server or to the sender's own account: XEP-0199 ping gets a
-  result, any other get or set ``service-unavailable`` (RFC 6120 8.4);
+  result; disco#info/#items (XEP-0030) and version (XEP-0092) gets to the
+  server are answered; any other get or set ``service-unavailable`` (RFC 6120 8.4);
 - an iq to a full JID bound here is delivered; a get or set to anyone else
   gets ``service-unavailable``;
 - a message to a full JID bound here goes to it; to a bare JID, or to a full
@@ -17,14 +18,31 @@ from __future__ import annotations
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from hipchat_server.xmpp import disco
 from hipchat_server.xmpp.bind import SessionTable
+from hipchat_server.xmpp.disco import DISCO_INFO_NS, DISCO_ITEMS_NS
 from hipchat_server.xmpp.errors import stanza_error_reply
 from hipchat_server.xmpp.jid import JID, parse_jid
 from hipchat_server.xmpp.ping import is_ping
 from hipchat_server.xmpp.stanzas import iq_result
+from hipchat_server.xmpp.version import VERSION_NS, server_version
 
 # Message types answered with an error when nobody can receive them (RFC 6121 8.5.2 and 8.5.3).
 _ANSWERED_MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat"})
+
+
+def _server_query(iq: domish.Element) -> domish.Element | None:
+    """The server's own answer to a disco#info, disco#items or version get; None for anything else."""
+    query = iq.firstChildElement()
+    if iq.getAttribute("type") != "get" or query is None or query.name != "query":
+        return None
+    if query.uri == DISCO_INFO_NS:
+        return disco.server_info(query.getAttribute("node"))
+    if query.uri == DISCO_ITEMS_NS:
+        return disco.server_items()
+    if query.uri == VERSION_NS:
+        return server_version()
+    return None
 
 
 class EchoLessRouter:
@@ -53,8 +71,11 @@ class EchoLessRouter:
     def _iq(self, connection, iq: domish.Element, target: JID | None) -> None:
         kind = iq.getAttribute("type")
         if target is None or target in (self.domain, connection.jid.bare()):
+            answer = _server_query(iq) if target in (None, self.domain) else None
             if is_ping(iq):
                 connection.deliver(iq_result(iq))
+            elif answer is not None:
+                connection.deliver(iq_result(iq, answer))
             elif kind in ("get", "set"):
                 connection.deliver(stanza_error_reply(iq, "service-unavailable"))
             return

@@ -103,6 +103,8 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("disconnected", lambda _: self._settle(False))
         self.add_event_handler("message", self.received.put_nowait)
         self.add_event_handler("message_error", self.received.put_nowait)
+        self.register_plugin("xep_0030")  # service discovery
+        self.register_plugin("xep_0092")  # software version
 
     def _settle(self, result: bool) -> None:
         if not self.logged_in.done():
@@ -255,6 +257,25 @@ def test_message_to_a_user_with_no_session_is_refused(endpoint, alice, bob):
             assert message["error"]["condition"] == "service-unavailable"
         finally:
             await sender.close()
+
+    logging.getLogger("slixmpp").setLevel(logging.WARNING)
+    run(scenario())
+
+
+def test_server_answers_disco_info_and_version(endpoint, alice):
+    """A real client discovers the server (identity server/im, ping among the features) and reads its version."""
+
+    async def scenario():
+        client, ok = await login(endpoint, alice)
+        assert ok
+        try:
+            info = await client.plugin["xep_0030"].get_info(jid=endpoint.domain, timeout=TIMEOUT)
+            assert ("server", "im") in {(c, t) for c, t, _lang, _name in info["disco_info"]["identities"]}
+            assert "urn:xmpp:ping" in info["disco_info"]["features"]
+            version = await client.plugin["xep_0092"].get_version(endpoint.domain, timeout=TIMEOUT)
+            assert version["software_version"]["name"] == "HipChat Server"
+        finally:
+            await client.close()
 
     logging.getLogger("slixmpp").setLevel(logging.WARNING)
     run(scenario())

@@ -160,3 +160,50 @@ def test_published_stanza_is_written_to_the_local_session_or_dropped():
     assert bob.sent == ["<message><body>hi</body></message>"]
     router.deliver_published(json.dumps({"to": f"bob@{DOMAIN}/gone", "xml": "<message/>"}))
     assert bob.sent == ["<message><body>hi</body></message>"]
+
+
+def server_get(frm, namespace, to=DOMAIN):
+    iq = domish.Element(("jabber:client", "iq"))
+    iq["from"], iq["to"], iq["type"], iq["id"] = frm, to, "get", "q1"
+    iq.addElement((namespace, "query"))
+    return iq
+
+
+def test_disco_info_names_the_server_and_only_features_it_answers():
+    """disco#info to the server returns identity server/im and the features it really handles (XEP-0030)."""
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    router.stanza_from_client(alice, server_get(str(alice.jid), "http://jabber.org/protocol/disco#info"))
+    [reply] = alice.delivered
+    assert (reply["type"], reply["id"], reply["to"]) == ("result", "q1", str(alice.jid))
+    query = reply.firstChildElement()
+    identity = next(query.elements(query.uri, "identity"))
+    assert (identity["category"], identity["type"]) == ("server", "im")
+    features = {f["var"] for f in query.elements(query.uri, "feature")}
+    assert features == {
+        "http://jabber.org/protocol/disco#info",
+        "http://jabber.org/protocol/disco#items",
+        "urn:xmpp:ping",
+        "jabber:iq:version",
+    }
+
+
+def test_version_query_returns_name_and_version_without_the_os():
+    """jabber:iq:version to the server returns name and version and leaves out the operating system (XEP-0092)."""
+    from hipchat_server import __version__
+
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    router.stanza_from_client(alice, server_get(str(alice.jid), "jabber:iq:version"))
+    query = alice.delivered[0].firstChildElement()
+    assert str(next(query.elements(query.uri, "name"))) == "HipChat Server"
+    assert str(next(query.elements(query.uri, "version"))) == __version__
+    assert [c.name for c in query.elements()] == ["name", "version"]
+
+
+def test_unknown_server_query_is_service_unavailable():
+    """A query namespace the server does not handle gets service-unavailable, not silence."""
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    router.stanza_from_client(alice, server_get(str(alice.jid), "jabber:iq:private"))
+    assert alice.delivered[0]["type"] == "error"

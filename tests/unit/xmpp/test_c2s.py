@@ -356,7 +356,7 @@ def test_unknown_iq_is_service_unavailable(factory):
     client = Client(factory)
     client.login()
     client.bind("desk")
-    answer = client.send("<iq type='get' id='v1'><query xmlns='jabber:iq:version'/></iq>")
+    answer = client.send("<iq type='get' id='v1'><query xmlns='jabber:iq:private'/></iq>")
     assert "type='error'" in answer and "id='v1'" in answer
     assert "<service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>" in answer
 
