@@ -57,27 +57,17 @@ def time_to_green() -> float:
 
 
 def tree_rss_kib(pid: int) -> int:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-            except OSError:
-                pass
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+    """Resident memory of ``pid`` and every process below it."""
+    from appliance.lib.summary import descendants
+
+    total = 0
+    for p in descendants(pid):
         try:
             for line in open(f"/proc/{p}/status"):
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
         except OSError:
-            pass
-        todo.extend(children.get(p, []))
+            pass  # the process ended while we read
     return total
 
 
