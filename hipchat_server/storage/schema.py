@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     func,
 )
+from sqlalchemy.dialects import mysql
 
 metadata = MetaData(
     naming_convention={
@@ -157,3 +158,42 @@ __all__ = [
     "group_flags",
     "audit_log",
 ]
+
+
+# RFC 6121 rosters: one row per (owner, contact); subscription is none, to, from or both.
+roster_items = Table(
+    "roster_items",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("contact_jid", String(512), primary_key=True),
+    Column("name", String(255), nullable=True),
+    Column("subscription", String(8), nullable=False, server_default="none"),
+    # The owner's subscription request, not answered yet ("ask='subscribe'" in the roster).
+    Column("ask_out", Boolean, nullable=False, server_default="0"),
+    # The contact's subscription request, kept so it is shown again at the owner's next login.
+    Column("ask_in", Boolean, nullable=False, server_default="0"),
+    Column("ask_in_stanza", Text, nullable=True),
+    Column("groups", JSON, nullable=False),
+    Column("updated_at", DateTime, nullable=False, server_default=func.now()),
+)
+
+# XEP-0160 offline storage: stanzas kept, in id order, until the user is next available.
+offline_messages = Table(
+    "offline_messages",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("sender", String(3071), nullable=False),
+    Column("stanza", Text().with_variant(mysql.MEDIUMTEXT(), "mysql"), nullable=False),
+    Column("stored_at", DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False),
+    Index("ix_offline_messages_user_id", "user_id", "id"),
+)
+
+# XEP-0054 vcard-temp: the XML document each user set.
+vcards = Table(
+    "vcards",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("vcard", Text().with_variant(mysql.MEDIUMTEXT(), "mysql"), nullable=False),
+    Column("updated_at", DateTime, nullable=False, server_default=func.now()),
+)

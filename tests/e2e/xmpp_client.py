@@ -1,0 +1,84 @@
+"""A slixmpp client for the end-to-end tests, and helpers to run its scenarios with bounded waits.
+
+slixmpp runs on its own asyncio loop inside each test (``run``), every wait
+bounded so a failure never hangs the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import uuid
+
+import slixmpp
+
+TIMEOUT = 20.0  # seconds for any one step: connect, log in, receive
+PASSWORD = "correct horse battery"
+
+
+class Endpoint:
+    """Where and how to reach the appliance's XMPP ports."""
+
+    def __init__(self, config):
+        self.domain = config.server.domain
+        self.c2s_port = config.xmpp.c2s_port
+        self.c2s_tls_port = config.xmpp.c2s_tls_port
+        self.ca_certificate = config.tls.ca_certificate
+
+
+class Client(slixmpp.ClientXMPP):
+    """A slixmpp client that reports the end of its login as a future: True (bound) or False (refused)."""
+
+    def __init__(self, endpoint: Endpoint, username: str, password: str, mechanism: str | None, direct_tls: bool):
+        super().__init__(f"{username}@{endpoint.domain}/e2e-{uuid.uuid4().hex[:4]}", password, sasl_mech=mechanism)
+        self.endpoint, self.direct_tls = endpoint, direct_tls
+        self.ssl_context = ssl.create_default_context(cafile=endpoint.ca_certificate)
+        self.enable_direct_tls, self.enable_starttls, self.enable_plaintext = direct_tls, not direct_tls, False
+        self.logged_in: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.received: asyncio.Queue = asyncio.Queue()
+        self.add_event_handler("session_start", lambda _: self._settle(True))
+        self.add_event_handler("failed_all_auth", lambda _: self._settle(False))
+        self.add_event_handler("connection_failed", lambda _: self._settle(False))
+        self.add_event_handler("disconnected", lambda _: self._settle(False))
+        self.add_event_handler("message", self.received.put_nowait)
+        self.add_event_handler("message_error", self.received.put_nowait)
+        self.register_plugin("xep_0030")  # service discovery
+        self.register_plugin("xep_0092")  # software version
+
+    def _settle(self, result: bool) -> None:
+        if not self.logged_in.done():
+            self.logged_in.set_result(result)
+
+    async def log_in(self) -> bool:
+        """Connect to the port of this client's TLS mode; True once a resource is bound."""
+        port = self.endpoint.c2s_tls_port if self.direct_tls else self.endpoint.c2s_port
+        self.connect("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(self.logged_in, TIMEOUT)
+        finally:
+            if not self.logged_in.done() or not self.logged_in.result():
+                self.cancel_connection_attempt()  # no reconnection loop after a refusal
+
+    async def close(self) -> None:
+        self.cancel_connection_attempt()
+        if self.transport is not None:
+            self.disconnect(wait=1.0)
+            try:
+                await asyncio.wait_for(self.disconnected, 5)
+            except asyncio.TimeoutError:
+                self.abort()
+
+
+def run(coroutine):
+    """Run a test's coroutine on a fresh asyncio loop, bounded by a timeout."""
+
+    async def bounded():
+        return await asyncio.wait_for(coroutine, 4 * TIMEOUT)
+
+    return asyncio.run(bounded())
+
+
+async def login(endpoint, username, password=PASSWORD, mechanism=None, direct_tls=False) -> tuple[Client, bool]:
+    client = Client(endpoint, username, password, mechanism, direct_tls)
+    ok = await client.log_in()
+    return client, ok
