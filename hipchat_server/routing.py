@@ -3,76 +3,194 @@
 A front end holds its clients' streams; any front end may need to reach any
 user, so each bound session is recorded in Redis (storage/sessions.py) with
 the id of the front end holding it. A stanza for a session held elsewhere is
-published on that front end's channel; its `DeliveryListener` writes it to
-the stream. Each sender's stanzas are routed one after another, so a
-client's messages arrive in the order it sent them.
+published on that front end's channel; its `DeliveryListener` hands it to
+the stream and, for messages, publishes a confirmation back. Each sender's
+stanzas are routed one after another, so a client's messages arrive in the
+order it sent them.
 
-Not durable yet: a message published while its recipient's front end is
-down, or while Redis fails over, is lost (the durable message path, issue 4,
-stores every message before it is routed).
+A message counts as durable (and `stanza_from_client`'s Deferred fires, which
+is when XEP-0198 acknowledges it) once it is written to a recipient's stream
+on this front end, confirmed written by another front end, stored offline
+(XEP-0160) in MariaDB, or answered with an error. A front end that does not
+confirm within `CONFIRM_TIMEOUT` counts as gone: the message is stored
+offline instead (it may then arrive twice, never zero times).
+
+Message routing follows RFC 6121 section 8.5: to a full JID that is bound,
+that session; otherwise (and to a bare JID) every available resource with a
+non-negative priority; with none, chat and normal messages are stored
+offline and delivered at the user's next available presence. Message
+Carbons (XEP-0280) copy chat messages to the other resources that asked.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
+from typing import Callable, Iterable
 
 from twisted.internet import defer, reactor, threads
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from hipchat_server.storage.sessions import SessionDirectory
+from hipchat_server.storage.sessions import SessionDirectory, UserSessions
+from hipchat_server.xmpp import carbons
 from hipchat_server.xmpp.bind import SessionTable
+from hipchat_server.xmpp.delay import add_delay
 from hipchat_server.xmpp.errors import stanza_error_reply
 from hipchat_server.xmpp.jid import JID, parse_jid
 from hipchat_server.xmpp.local_routing import EchoLessRouter
+from hipchat_server.xmpp.stanzas import iq_result
+from hipchat_server.xmpp.xml_parser import CLIENT_NS
 
 # Message types answered with an error when nobody can receive them (RFC 6121 8.5.2 and 8.5.3).
 ANSWERED_MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat"})
+# Message types kept for a user with no available resource (RFC 6121 8.5.2.2.1; XEP-0160).
+STORED_MESSAGE_TYPES = frozenset({"normal", "chat"})
+# Seconds another front end has to confirm it wrote a message before it is stored offline instead.
+CONFIRM_TIMEOUT = 3.0
+ROSTER_NS = "jabber:iq:roster"
+
+IqHandler = Callable[..., "defer.Deferred | None"]
+
+
+def parse_stanza(xml: str) -> domish.Element:
+    """One serialized stanza (as queued or published) back into an element."""
+    parsed: list[domish.Element] = []
+    stream = domish.elementStream()
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = parsed.append
+    stream.DocumentEndEvent = lambda: None
+    stream.parse(f"<stream xmlns='{CLIENT_NS}'>".encode() + xml.encode() + b"</stream>")
+    return parsed[0]
 
 
 class ClusterRouter(EchoLessRouter):
-    """A `c2s.StanzaRouter` that reaches sessions on every front end through the directory."""
+    """A `c2s.StanzaRouter` that reaches sessions on every front end through the directory.
+
+    ``presence`` (a `presence.PresenceService`) handles presence stanzas and
+    roster queries; ``offline_store`` (a `storage.offline.OfflineStore`) keeps
+    messages for users who are not available. Both are optional so the router
+    can be tested alone.
+    """
 
     log = Logger()
 
-    def __init__(self, domain: str, sessions: SessionTable, directory: SessionDirectory, run_blocking=threads.deferToThread):
+    def __init__(
+        self,
+        domain: str,
+        sessions: SessionTable,
+        directory: SessionDirectory,
+        run_blocking=threads.deferToThread,
+        *,
+        offline_store=None,
+        clock=None,
+    ):
         super().__init__(domain, sessions)
         self.directory = directory
         self.run_blocking = run_blocking
+        self.offline_store = offline_store
+        self.presence = None
+        self.clock = clock or reactor
         self._chains: dict[object, defer.Deferred] = {}
+        self._iq_handlers: dict[tuple[str, str], IqHandler] = {}
+        self._published_handlers: dict[str, Callable[[dict], None]] = {
+            "deliver": self._published_delivery,
+            "delivered": self._published_confirmation,
+        }
+        self._awaiting_confirmation: dict[str, defer.Deferred] = {}
+        self._confirmation_ids = itertools.count(1)
+        self.register_iq_handler(ROSTER_NS, "query", self._roster_iq)
+        self.register_iq_handler(carbons.CARBONS_NS, "enable", self._carbons_iq)
+        self.register_iq_handler(carbons.CARBONS_NS, "disable", self._carbons_iq)
 
+    @property
+    def frontend_id(self) -> str:
+        return self.directory.frontend_id
+
+    # Extension points for the services built on the router.
+    def register_iq_handler(self, namespace: str, name: str, handler: IqHandler) -> None:
+        """Have ``handler(connection, iq, target)`` answer iq get/set with a ``{namespace}name`` child.
+
+        Used for iqs to the server, to no address, or to any bare JID of this
+        domain; the handler delivers exactly one reply and may return a Deferred.
+        """
+        self._iq_handlers[(namespace, name)] = handler
+
+    def on_published(self, kind: str, handler: Callable[[dict], None]) -> None:
+        """Run ``handler(payload)`` (on the reactor thread) for each ``kind`` item published to this front end."""
+        self._published_handlers[kind] = handler
+
+    def publish_to_frontend(self, frontend_id: str, kind: str, payload: dict) -> defer.Deferred:
+        """Publish ``payload`` as a ``kind`` item to another front end; fires with the number of receivers."""
+        body = json.dumps(dict(payload, kind=kind))
+        return self.run_blocking(self.directory.publish, frontend_id, body)
+
+    # Sessions.
     def session_started(self, connection) -> None:
         jid = connection.jid
         self._in_order(connection, lambda: self.run_blocking(self.directory.add, str(jid.bare()), jid.resourcepart))
 
     def session_ended(self, connection) -> None:
         jid = connection.jid
-        d = self._in_order(connection, lambda: self.run_blocking(self.directory.remove, str(jid.bare()), jid.resourcepart))
+
+        def end():
+            d = defer.maybeDeferred(self.presence.session_ended, connection) if self.presence else defer.succeed(None)
+            d.addErrback(lambda f: self.log.failure("presence cleanup of {jid} failed", f, jid=jid))
+            d.addCallback(lambda _: self.run_blocking(self.directory.remove, str(jid.bare()), jid.resourcepart))
+            return d
+
+        d = self._in_order(connection, end)
         d.addBoth(lambda _: self._forget(connection))
 
-    def stanza_from_client(self, connection, element: domish.Element) -> None:
+    def initial_presence_sent(self, connection) -> defer.Deferred:
+        """``connection`` became available: hand it the messages stored while its user was away."""
+        return self._in_order(connection, lambda: self._deliver_offline(connection))
+
+    def undelivered(self, connection, stanzas: Iterable[str]) -> defer.Deferred:
+        """Stanzas queued for a session that ended before its client acknowledged them (XEP-0198).
+
+        Messages go to the user's other available resources or offline storage;
+        an iq request is answered with an error so its sender is not left waiting.
+        """
+        return defer.DeferredList([self._reroute(connection.jid, xml) for xml in stanzas], consumeErrors=True)
+
+    # Stanzas from clients.
+    def stanza_from_client(self, connection, element: domish.Element) -> defer.Deferred | None:
         to = element.getAttribute("to")
-        target = parse_jid(to) if to else None
-        if element.name == "message" and target is not None and target.localpart is not None:
-            self._in_order(connection, lambda: self._route_message(connection, element, target))
-        elif element.name == "iq" and self._is_for_remote_session(connection, target):
-            self._in_order(connection, lambda: self._route_iq(connection, element, target))
-        else:
-            super().stanza_from_client(connection, element)
+        target = parse_jid(to) if to else None  # the connection checked that it parses
+        if element.name == "presence":
+            if self.presence is None:
+                return None
+            return self._in_order(connection, lambda: self.presence.presence_from_client(connection, element))
+        if element.name == "message":
+            if target is None or target.localpart is None:
+                return None  # to the server itself: nothing handles it
+            if target.domainpart != self.domain.domainpart:
+                connection.deliver(stanza_error_reply(element, "remote-server-not-found"))
+                return None
+            durable = defer.Deferred()
+            self._in_order(connection, lambda: self._route_message(connection, element, target, durable))
+            return durable
+        handler = self._iq_handler_for(element, target)
+        if handler is not None:
+            return self._in_order(connection, lambda: handler(connection, element, target))
+        if self._is_for_remote_session(connection, target):
+            return self._in_order(connection, lambda: self._route_iq(connection, element, target))
+        super().stanza_from_client(connection, element)
+        return None
+
+    def _iq_handler_for(self, iq: domish.Element, target: JID | None) -> IqHandler | None:
+        if iq.name != "iq" or iq.getAttribute("type") not in ("get", "set"):
+            return None
+        if target is not None and (target.domainpart != self.domain.domainpart or target.resourcepart is not None):
+            return None
+        child = iq.firstChildElement()
+        return self._iq_handlers.get((child.uri, child.name)) if child is not None else None
 
     def _forget(self, connection) -> None:
         self._chains.pop(connection, None)
-
-    def deliver_published(self, payload: str | bytes) -> None:
-        """Write a stanza another front end published for a session held here."""
-        item = json.loads(payload)
-        recipient = self.sessions.get(parse_jid(item["to"]))
-        if recipient is None:
-            self.log.info("dropped a stanza for {to}: the session ended", to=item["to"])
-            return
-        recipient.send(item["xml"])
 
     def _is_for_remote_session(self, connection, target: JID | None) -> bool:
         return (
@@ -88,25 +206,190 @@ class ClusterRouter(EchoLessRouter):
         d = previous.addCallback(lambda _: work())
         d.addErrback(self._routing_failed, connection)
         self._chains[connection] = d
-        return d
+        # Later work waits for this one; callers get a Deferred of their own.
+        mine = defer.Deferred()
+        d.addBoth(lambda result: (mine.callback(None), result)[1])
+        return mine
 
     def _routing_failed(self, failure, connection) -> None:
         self.log.failure("routing a stanza from {jid} failed", failure, jid=connection.jid)
 
+    # Built-in iq handlers.
+    def _roster_iq(self, connection, iq: domish.Element, target: JID | None):
+        if target is not None and target not in (self.domain, connection.jid.bare()):
+            connection.deliver(stanza_error_reply(iq, "forbidden", text="only your own roster"))
+            return None
+        if self.presence is None:
+            connection.deliver(stanza_error_reply(iq, "service-unavailable"))
+            return None
+        return self.presence.roster_iq(connection, iq)
+
+    def _carbons_iq(self, connection, iq: domish.Element, target: JID | None):
+        enable = carbons.carbons_request(iq)
+        if enable is None or (target is not None and target != self.domain and target != connection.jid.bare()):
+            connection.deliver(stanza_error_reply(iq, "bad-request"))
+            return None
+        jid = connection.jid
+        d = self.run_blocking(self.directory.set_carbons, str(jid.bare()), jid.resourcepart, enable)
+        d.addCallback(lambda _: connection.deliver(iq_result(iq)))
+        return d
+
+    # Messages.
     @defer.inlineCallbacks
-    def _route_message(self, connection, message: domish.Element, target: JID):
-        resources = yield self.run_blocking(self.directory.resources, str(target.bare()))
-        if target.resourcepart is not None and target.resourcepart in resources:
-            resources = {target.resourcepart: resources[target.resourcepart]}
-        # Otherwise a full JID nobody holds is treated like the bare JID (RFC 6121 8.5.3.2.1).
-        delivered = 0
-        for resource, frontend in sorted(resources.items()):
-            full = target.bare().with_resource(resource)
-            if full == connection.jid:
-                continue  # never echo a message back to its own stream
-            delivered += (yield self._deliver(full, frontend, message))
-        if not delivered and message.getAttribute("type", "normal") in ANSWERED_MESSAGE_TYPES:
-            connection.deliver(stanza_error_reply(message, "service-unavailable"))
+    def _route_message(self, connection, message: domish.Element, target: JID, durable: defer.Deferred):
+        """Route one message from a client; ``durable`` fires once it is delivered, stored or answered."""
+        settled = None
+        try:
+            bare, sender_bare = str(target.bare()), str(connection.jid.bare())
+            recipient, sender = yield self.run_blocking(self.directory.lookup_many, [bare, sender_bare])
+            if bare == sender_bare:
+                sender = recipient
+            outcome, settled = yield self._route_to_user(message, target, sender=connection.jid, user=recipient)
+            if outcome in ("stored", "delivered"):
+                self._send_carbons(connection, message, sender)
+            elif outcome is not None and message.getAttribute("type", "normal") in ANSWERED_MESSAGE_TYPES:
+                connection.deliver(stanza_error_reply(message, outcome))
+        finally:
+            # Routing is done (the sender's next stanza may go); durability may still wait for confirmations.
+            if settled is not None:
+                settled.addErrback(lambda f: self.log.failure("settling a delivery failed", f))
+                settled.addCallback(lambda _: None).chainDeferred(durable)
+            else:
+                durable.callback(None)
+
+    @defer.inlineCallbacks
+    def _route_to_user(self, message: domish.Element, target: JID, sender: JID | None, user: UserSessions | None = None):
+        """Deliver ``message`` to ``target`` per RFC 6121 8.5.
+
+        Returns ``(outcome, settled)``: outcome is "delivered", "stored", None
+        (dropped) or the error condition to answer with; ``settled`` is None or
+        a Deferred that fires once other front ends confirmed (or, failing
+        that, the message was stored offline).
+        """
+        kind = message.getAttribute("type", "normal")
+        bare = target.bare()
+        if user is None:
+            user = yield self.run_blocking(self.directory.lookup, str(bare))
+        if target.resourcepart is not None and target.resourcepart in user.frontends:
+            recipients = [target.resourcepart]
+        elif kind == "groupchat":
+            return "service-unavailable", None  # no room behind a user's JID (RFC 6121 8.5.3.2.1)
+        else:
+            recipients = user.available()
+        recipients = [r for r in recipients if bare.with_resource(r) != sender]  # never echo to the sender's stream
+        if not recipients:
+            if kind not in STORED_MESSAGE_TYPES:
+                return None, None  # headline and error messages are not kept
+            return (yield self._store_offline(bare, message)), None
+        pending = [self._deliver_confirmed(bare.with_resource(r), user.frontends[r], message) for r in recipients]
+        # Carbons for the recipient's other devices (XEP-0280 "received").
+        if carbons.is_copied(message):
+            for resource in sorted(user.carbons - set(recipients)):
+                full = bare.with_resource(resource)
+                if resource in user.frontends and full != sender:
+                    copy = carbons.carbon_copy(message, "received", str(bare), str(full))
+                    self._deliver(full, user.frontends[resource], copy).addErrback(self._copy_failed, full)
+        return "delivered", self._settle_deliveries(pending, bare, message)
+
+    def _settle_deliveries(self, pending: list[defer.Deferred], bare: JID, message: domish.Element) -> defer.Deferred:
+        """Fires when every delivery is confirmed; if none took the message, it is stored offline."""
+
+        def settled(results):
+            if any(ok and taken for ok, taken in results):
+                return None
+            self.log.info("no front end confirmed a message for {bare}; storing it offline", bare=bare)
+            return self._store_offline(bare, message)
+
+        return defer.DeferredList(pending, consumeErrors=True).addCallback(settled)
+
+    @defer.inlineCallbacks
+    def _store_offline(self, bare: JID, message: domish.Element):
+        if self.offline_store is None:
+            return "service-unavailable"
+        xml = message.toXml(defaultUri=CLIENT_NS)
+        outcome = yield self.run_blocking(self.offline_store.store, bare.localpart, message.getAttribute("from", ""), xml)
+        if outcome == "stored":
+            return "stored"
+        if outcome == "full":
+            self.log.warn("offline storage of {bare} is full; message refused", bare=bare)
+        return "service-unavailable"
+
+    def _send_carbons(self, connection, message: domish.Element, user: UserSessions) -> None:
+        """Copy a message a client sent to its user's other carbons-enabled resources (XEP-0280 "sent")."""
+        if not user.carbons or not carbons.is_copied(message):
+            return
+        bare = connection.jid.bare()
+        for resource in sorted(user.carbons):
+            full = bare.with_resource(resource)
+            if full != connection.jid and resource in user.frontends:
+                copy = carbons.carbon_copy(message, "sent", str(bare), str(full))
+                self._deliver(full, user.frontends[resource], copy).addErrback(self._copy_failed, full)
+
+    def _copy_failed(self, failure, full: JID) -> None:
+        self.log.failure("a carbon copy for {jid} was lost", failure, jid=full)
+
+    @defer.inlineCallbacks
+    def _deliver_offline(self, connection):
+        if self.offline_store is None:
+            return
+        jid = connection.jid
+        while True:
+            stored = yield self.run_blocking(self.offline_store.pending, jid.localpart)
+            if not stored or self.sessions.get(jid) is not connection:
+                return
+            for item in stored:
+                stanza = parse_stanza(item.stanza)
+                stanza["to"] = jid.full()
+                add_delay(stanza, item.stored_at, self.domain.full(), "Offline Storage")
+                connection.deliver(stanza)
+            # Written to the stream: now they may go (a crash before this delivers them again).
+            yield self.run_blocking(self.offline_store.remove, [item.id for item in stored])
+            self.log.info("delivered {n} offline messages to {jid}", n=len(stored), jid=jid)
+
+    @defer.inlineCallbacks
+    def _reroute(self, gone: JID, xml: str):
+        stanza = parse_stanza(xml)
+        if stanza.name == "message":
+            if stanza.getAttribute("type", "normal") not in STORED_MESSAGE_TYPES or stanza.getAttribute("from") is None:
+                return
+            if any(child.uri == carbons.CARBONS_NS for child in stanza.elements()):
+                return  # a carbon copy: the original went elsewhere
+            outcome, settled = yield self._route_to_user(stanza, gone.bare(), sender=gone)
+            if settled is not None:
+                yield settled
+            self.log.info("re-routed an unacknowledged message for {jid}: {outcome}", jid=gone, outcome=outcome)
+        elif stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set") and stanza.getAttribute("from"):
+            reply = stanza_error_reply(stanza, "service-unavailable")
+            yield self.deliver_to_full(parse_jid(stanza["from"]), reply)
+
+    # Delivery to sessions, for the router and the services built on it.
+    def deliver_to_full(self, full: JID, stanza: domish.Element) -> defer.Deferred:
+        """Hand ``stanza`` to the session ``full`` wherever it is; fires True when a session took it."""
+        local = self.sessions.get(full)
+        if local is not None:
+            local.deliver(stanza)
+            return defer.succeed(True)
+
+        def found(frontends):
+            frontend = frontends.get(full.resourcepart)
+            return self._deliver(full, frontend, stanza) if frontend else 0
+
+        d = self.run_blocking(self.directory.resources, str(full.bare()))
+        return d.addCallback(found).addCallback(bool)
+
+    def deliver_to_bare(self, bare: JID, stanza: domish.Element, resources: Iterable[str] | None = None) -> defer.Deferred:
+        """Hand ``stanza`` to each bound session of ``bare`` (or only ``resources``); fires with how many took it."""
+        wanted = set(resources) if resources is not None else None
+
+        @defer.inlineCallbacks
+        def deliver(frontends):
+            taken = 0
+            for resource, frontend in sorted(frontends.items()):
+                if wanted is None or resource in wanted:
+                    taken += (yield self._deliver(bare.with_resource(resource), frontend, stanza))
+            return taken
+
+        return self.run_blocking(self.directory.resources, str(bare.bare())).addCallback(deliver)
 
     @defer.inlineCallbacks
     def _route_iq(self, connection, iq: domish.Element, target: JID):
@@ -125,13 +408,79 @@ class ClusterRouter(EchoLessRouter):
                 return 0
             recipient.deliver(stanza)
             return 1
-        payload = json.dumps({"to": str(full), "xml": stanza.toXml(defaultUri="jabber:client")})
+        payload = json.dumps({"kind": "deliver", "to": str(full), "xml": stanza.toXml(defaultUri=CLIENT_NS)})
         receivers = yield self.run_blocking(self.directory.publish, frontend, payload)
         return 1 if receivers else 0
 
+    def _deliver_confirmed(self, full: JID, frontend: str, stanza: domish.Element) -> defer.Deferred:
+        """Like `_deliver`, but a remote front end must confirm it wrote the stanza: fires True or False."""
+        if frontend == self.directory.frontend_id:
+            recipient = self.sessions.get(full)
+            if recipient is not None:
+                recipient.deliver(stanza)
+            return defer.succeed(recipient is not None)
+        token = f"{self.directory.frontend_id}#{next(self._confirmation_ids)}"
+        confirmed = defer.Deferred()
+        self._awaiting_confirmation[token] = confirmed
+        timeout = self.clock.callLater(CONFIRM_TIMEOUT, self._confirmation_timed_out, token)
+        confirmed.addBoth(lambda result: (timeout.active() and timeout.cancel(), result)[1])
+        payload = json.dumps(
+            {
+                "kind": "deliver",
+                "to": str(full),
+                "xml": stanza.toXml(defaultUri=CLIENT_NS),
+                "confirm": token,
+                "origin": self.directory.frontend_id,
+            }
+        )
+
+        def published(receivers):
+            if not receivers:
+                self._confirm(token, False)
+
+        def failed(failure):
+            self.log.failure("publishing to {frontend} failed", failure, frontend=frontend)
+            self._confirm(token, False)
+
+        self.run_blocking(self.directory.publish, frontend, payload).addCallbacks(published, failed)
+        return confirmed
+
+    def _confirm(self, token: str, ok: bool) -> None:
+        confirmed = self._awaiting_confirmation.pop(token, None)
+        if confirmed is not None:
+            confirmed.callback(ok)
+
+    def _confirmation_timed_out(self, token: str) -> None:
+        self.log.warn("no delivery confirmation for {token} within {s}s", token=token, s=CONFIRM_TIMEOUT)
+        self._confirm(token, False)
+
+    # Items other front ends published to this one.
+    def deliver_published(self, payload: str | bytes) -> None:
+        """Act on one item another front end published on this front end's channel."""
+        item = json.loads(payload)
+        handler = self._published_handlers.get(item.get("kind", "deliver"))
+        if handler is None:
+            self.log.warn("ignored a published item of unknown kind {kind}", kind=item.get("kind"))
+            return
+        handler(item)
+
+    def _published_delivery(self, item: dict) -> None:
+        recipient = self.sessions.get(parse_jid(item["to"]))
+        if recipient is None:
+            self.log.info("dropped a stanza for {to}: the session ended", to=item["to"])
+        else:
+            recipient.deliver(item["xml"])
+        if item.get("confirm"):
+            confirmation = json.dumps({"kind": "delivered", "token": item["confirm"], "ok": recipient is not None})
+            d = self.run_blocking(self.directory.publish, item["origin"], confirmation)
+            d.addErrback(lambda f: self.log.failure("confirming a delivery failed", f))
+
+    def _published_confirmation(self, item: dict) -> None:
+        self._confirm(item["token"], bool(item.get("ok")))
+
 
 class DeliveryListener:
-    """Listens on this front end's channel in a thread and hands each stanza to the reactor."""
+    """Listens on this front end's channel in a thread and hands each item to the reactor."""
 
     log = Logger()
     RETRY_SECONDS = 0.5
@@ -140,8 +489,8 @@ class DeliveryListener:
         self.redis_primary_factory = redis_primary_factory
         self.channel = channel
         self.deliver = deliver
-        self._stopping = threading.Event()
         self.subscribed = threading.Event()
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="xmpp-delivery-listener", daemon=True).start()

@@ -24,6 +24,7 @@ from hipchat_server.app.process import drop_privileges, setup_logging
 from hipchat_server.config import Config, ConfigError, load_config
 from hipchat_server.routing import ClusterRouter, DeliveryListener
 from hipchat_server.server import ChatServer
+from hipchat_server.storage.offline import OfflineStore
 from hipchat_server.storage.sessions import SessionDirectory
 from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
 from hipchat_server.xmpp.bind import SessionTable
@@ -75,7 +76,8 @@ def build_factories(chat_server: ChatServer, tls_options, directory: SessionDire
         auth_limiter=AuthFailureLimiter(config.xmpp.auth_failures_per_minute, 60.0),
         max_sessions_per_user=config.xmpp.max_sessions_per_user,
     )
-    router = ClusterRouter(domain, sessions, directory)
+    engine = chat_server.get_database_engine()
+    router = ClusterRouter(domain, sessions, directory, offline_store=OfflineStore(engine))
     starttls = ClientFactory(domain, sasl_server, router, tls_options, **shared)
     direct = ClientFactory(domain, sasl_server, router, tls_options, direct_tls=True, **shared)
     return starttls, direct

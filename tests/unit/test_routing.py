@@ -1,13 +1,17 @@
-"""ClusterRouter with an in-memory session directory: which front end gets each stanza, and in what order."""
+"""ClusterRouter with an in-memory session directory: which front end gets each stanza, in what order, and
+when a message counts as durable (delivered, confirmed by another front end, or stored offline)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.words.xish import domish
 
-from hipchat_server.routing import ClusterRouter
+from hipchat_server.routing import CONFIRM_TIMEOUT, ClusterRouter
+from hipchat_server.storage.offline import OfflineMessage
+from hipchat_server.storage.sessions import UserSessions
 from hipchat_server.xmpp.bind import SessionTable
 from hipchat_server.xmpp.jid import parse_jid
 
@@ -20,51 +24,93 @@ class FakeDirectory:
     def __init__(self, frontend_id="fe-1"):
         self.frontend_id = frontend_id
         self.entries: dict[str, dict[str, str]] = {}
+        self.carbons: dict[str, set[str]] = {}
+        self.priorities: dict[str, dict[str, int]] = {}
         self.published: list[tuple[str, dict]] = []
         self.subscribers = 1
 
-    def add(self, bare, resource, frontend=None):
+    def add(self, bare, resource, frontend=None, available=True):
         self.entries.setdefault(bare, {})[resource] = frontend or self.frontend_id
+        if available:
+            self.priorities.setdefault(bare, {})[resource] = 0
 
     def remove(self, bare, resource):
         if self.entries.get(bare, {}).get(resource) == self.frontend_id:
             del self.entries[bare][resource]
+            self.priorities.get(bare, {}).pop(resource, None)
 
     def resources(self, bare):
         return dict(self.entries.get(bare, {}))
+
+    def lookup_many(self, bares):
+        return [self.lookup(bare) for bare in bares]
+
+    def lookup(self, bare):
+        return UserSessions(
+            frontends=dict(self.entries.get(bare, {})),
+            carbons=set(self.carbons.get(bare, set())),
+            priorities=dict(self.priorities.get(bare, {})),
+        )
+
+    def set_carbons(self, bare, resource, enabled):
+        (self.carbons.setdefault(bare, set()).add if enabled else self.carbons.setdefault(bare, set()).discard)(resource)
 
     def publish(self, frontend, payload):
         self.published.append((frontend, json.loads(payload)))
         return self.subscribers
 
 
+class FakeOfflineStore:
+    def __init__(self, known=("alice", "bob", "carol")):
+        self.known = set(known)
+        self.kept: dict[str, list[OfflineMessage]] = {}
+        self.next_id = 1
+
+    def store(self, username, sender, stanza):
+        if username not in self.known:
+            return "no-such-user"
+        self.kept.setdefault(username, []).append(
+            OfflineMessage(self.next_id, sender, stanza, datetime.datetime(2026, 11, 26, 8, 0, 0))
+        )
+        self.next_id += 1
+        return "stored"
+
+    def pending(self, username, limit=1000):
+        return list(self.kept.get(username, []))[:limit]
+
+    def remove(self, ids):
+        for username, items in self.kept.items():
+            self.kept[username] = [m for m in items if m.id not in ids]
+        return len(ids)
+
+
 class FakeConnection:
     def __init__(self, jid):
         self.jid = parse_jid(jid)
-        self.delivered: list[domish.Element] = []
-        self.sent: list[str] = []
+        self.delivered: list = []
 
     def deliver(self, element):
         self.delivered.append(element)
-
-    def send(self, data):
-        self.sent.append(data)
 
 
 def synchronous(fn, *args):
     return defer.maybeDeferred(fn, *args)
 
 
-def make_router(directory=None):
+def make_router(directory=None, run_blocking=synchronous):
     directory = directory or FakeDirectory()
     sessions = SessionTable()
-    return ClusterRouter(DOMAIN, sessions, directory, run_blocking=synchronous), sessions, directory
+    clock = task.Clock()
+    router = ClusterRouter(DOMAIN, sessions, directory, run_blocking=run_blocking, offline_store=FakeOfflineStore(), clock=clock)
+    return router, sessions, directory
 
 
-def bind(router, sessions, jid):
+def bind(router, sessions, jid, available=True):
     connection = FakeConnection(jid)
     sessions.add(connection)
     router.session_started(connection)
+    if not available:
+        router.directory.priorities.get(str(connection.jid.bare()), {}).pop(connection.jid.resourcepart, None)
     return connection
 
 
@@ -73,6 +119,14 @@ def chat(frm, to, body="hello", kind="chat"):
     message["from"], message["to"], message["type"] = frm, to, kind
     message.addElement("body", content=body)
     return message
+
+
+def fired(d) -> bool:
+    return bool(d.called)
+
+
+def error_condition(stanza) -> str:
+    return stanza.firstChildElement().firstChildElement().name
 
 
 def test_binding_and_unbinding_update_the_directory():
@@ -85,46 +139,110 @@ def test_binding_and_unbinding_update_the_directory():
     assert directory.resources(f"alice@{DOMAIN}") == {}
 
 
-def test_message_to_a_session_on_another_front_end_is_published_there():
-    """A chat to a user held by another front end is published on that front end's channel, intact."""
+def test_message_to_another_front_end_is_durable_only_once_that_front_end_confirms():
+    """A chat for a session held elsewhere is published there; its Deferred fires on the confirmation, not before."""
     router, sessions, directory = make_router()
     alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
     directory.add(f"bob@{DOMAIN}", "phone", "fe-2")
-    router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", "ship it"))
-    assert [(fe, item["to"]) for fe, item in directory.published] == [("fe-2", f"bob@{DOMAIN}/phone")]
-    assert "ship it" in directory.published[0][1]["xml"]
+    durable = router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", "ship it"))
+    [(frontend, item)] = directory.published
+    assert (frontend, item["to"], item["origin"]) == ("fe-2", f"bob@{DOMAIN}/phone", "fe-1")
+    assert "ship it" in item["xml"]
+    assert not fired(durable)
+    router.deliver_published(json.dumps({"kind": "delivered", "token": item["confirm"], "ok": True}))
+    assert fired(durable)
     assert alice.delivered == []  # no error back to the sender
+    assert router.offline_store.kept == {}
 
 
-def test_bare_jid_message_reaches_every_resource_wherever_it_is():
-    """A message to a bare JID goes to each resource: local ones directly, remote ones by publishing."""
+def test_unconfirmed_message_is_stored_offline_after_the_timeout():
+    """A front end that took the publish but never confirmed (it crashed) leaves the message in offline storage."""
     router, sessions, directory = make_router()
     alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
-    bob_desk = bind(router, sessions, f"bob@{DOMAIN}/desk")
     directory.add(f"bob@{DOMAIN}", "phone", "fe-2")
-    router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}"))
-    assert len(bob_desk.delivered) == 1
-    assert [item["to"] for _, item in directory.published] == [f"bob@{DOMAIN}/phone"]
-
-
-def test_message_to_a_user_with_no_session_is_answered_service_unavailable():
-    """With nobody to receive a chat message, the sender gets service-unavailable (no offline storage yet)."""
-    router, sessions, _ = make_router()
-    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
-    router.stanza_from_client(alice, chat(str(alice.jid), f"carol@{DOMAIN}"))
-    [error] = alice.delivered
-    assert error["type"] == "error"
-    assert error.firstChildElement().firstChildElement().name == "service-unavailable"
+    durable = router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", "are you there"))
+    router.clock.advance(CONFIRM_TIMEOUT + 0.1)
+    assert fired(durable)
+    [kept] = router.offline_store.kept["bob"]
+    assert "are you there" in kept.stanza
 
 
 def test_a_front_end_that_is_gone_counts_as_no_delivery():
-    """When no subscriber takes the published stanza, the sender is told it was not delivered."""
+    """When no subscriber takes the published stanza, the message is stored at once."""
     router, sessions, directory = make_router()
     directory.subscribers = 0
     alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
     directory.add(f"bob@{DOMAIN}", "phone", "fe-dead")
-    router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}"))
-    assert alice.delivered[0]["type"] == "error"
+    durable = router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}"))
+    assert fired(durable)
+    assert len(router.offline_store.kept["bob"]) == 1
+    assert alice.delivered == []
+
+
+def test_bare_jid_message_reaches_every_available_resource_wherever_it_is():
+    """A message to a bare JID goes to each available resource: local ones directly, remote ones by publishing;
+    a resource that has not sent presence yet gets none (RFC 6121 8.5.2.1)."""
+    router, sessions, directory = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    bob_desk = bind(router, sessions, f"bob@{DOMAIN}/desk")
+    bob_new = bind(router, sessions, f"bob@{DOMAIN}/new", available=False)
+    directory.add(f"bob@{DOMAIN}", "phone", "fe-2")
+    durable = router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}"))
+    assert len(bob_desk.delivered) == 1 and bob_new.delivered == []
+    assert [item["to"] for _, item in directory.published] == [f"bob@{DOMAIN}/phone"]
+    assert not fired(durable)  # the phone's front end has not confirmed yet
+    router.deliver_published(json.dumps({"kind": "delivered", "token": directory.published[0][1]["confirm"], "ok": True}))
+    assert fired(durable)
+
+
+def test_message_to_a_full_jid_that_is_bound_goes_there_even_before_presence():
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    bob = bind(router, sessions, f"bob@{DOMAIN}/desk", available=False)
+    router.stanza_from_client(alice, chat(str(alice.jid), str(bob.jid)))
+    assert len(bob.delivered) == 1
+
+
+def test_message_to_a_user_with_no_available_resource_is_stored_then_delivered_at_presence():
+    """Offline storage (XEP-0160): kept while the user is away, handed over with a delay stamp at initial presence."""
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    durable = router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", "while you were out"))
+    assert fired(durable) and alice.delivered == []
+    bob = bind(router, sessions, f"bob@{DOMAIN}/phone", available=False)
+    assert bob.delivered == []
+    router.initial_presence_sent(bob)
+    [message] = bob.delivered
+    assert message["to"] == str(bob.jid) and message["from"] == str(alice.jid)
+    assert "while you were out" in message.toXml()
+    delay = next(message.elements("urn:xmpp:delay", "delay"))
+    assert delay["stamp"] == "2026-11-26T08:00:00.000Z"
+    assert router.offline_store.kept["bob"] == []
+
+
+def test_message_to_an_unknown_user_is_answered_service_unavailable():
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    router.stanza_from_client(alice, chat(str(alice.jid), f"nobody@{DOMAIN}"))
+    [error] = alice.delivered
+    assert error["type"] == "error" and error_condition(error) == "service-unavailable"
+
+
+def test_groupchat_to_a_user_is_an_error_and_headline_to_an_offline_user_is_dropped():
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", kind="groupchat"))
+    router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", kind="headline"))
+    [error] = alice.delivered
+    assert error_condition(error) == "service-unavailable"
+    assert router.offline_store.kept == {}
+
+
+def test_message_to_another_domain_is_remote_server_not_found():
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    router.stanza_from_client(alice, chat(str(alice.jid), "bob@elsewhere.example.org"))
+    assert error_condition(alice.delivered[0]) == "remote-server-not-found"
 
 
 def test_each_senders_messages_keep_their_order_when_lookups_finish_out_of_order():
@@ -132,15 +250,13 @@ def test_each_senders_messages_keep_their_order_when_lookups_finish_out_of_order
     pending: list[defer.Deferred] = []
 
     def deferred_lookups(fn, *args):
-        if fn.__name__ == "resources":
+        if fn.__name__ in ("lookup", "lookup_many"):
             d = defer.Deferred()
             pending.append(d)
             return d.addCallback(lambda _: fn(*args))
         return defer.maybeDeferred(fn, *args)
 
-    directory = FakeDirectory()
-    sessions = SessionTable()
-    router = ClusterRouter(DOMAIN, sessions, directory, run_blocking=deferred_lookups)
+    router, sessions, directory = make_router(run_blocking=deferred_lookups)
     alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
     directory.add(f"bob@{DOMAIN}", "phone", "fe-2")
     router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", "first"))
@@ -152,14 +268,93 @@ def test_each_senders_messages_keep_their_order_when_lookups_finish_out_of_order
     assert bodies == [True, False]
 
 
-def test_published_stanza_is_written_to_the_local_session_or_dropped():
-    """A stanza published for a session held here is written raw to it; one for an ended session is dropped."""
-    router, sessions, _ = make_router()
+def test_published_stanza_is_written_to_the_local_session_and_confirmed_to_its_origin():
+    """A stanza published for a session held here is handed over raw and confirmed; one for an ended session is
+    confirmed as not delivered."""
+    router, sessions, directory = make_router()
     bob = bind(router, sessions, f"bob@{DOMAIN}/phone")
-    router.deliver_published(json.dumps({"to": f"bob@{DOMAIN}/phone", "xml": "<message><body>hi</body></message>"}))
-    assert bob.sent == ["<message><body>hi</body></message>"]
-    router.deliver_published(json.dumps({"to": f"bob@{DOMAIN}/gone", "xml": "<message/>"}))
-    assert bob.sent == ["<message><body>hi</body></message>"]
+    xml = "<message><body>hi</body></message>"
+    router.deliver_published(json.dumps({"kind": "deliver", "to": str(bob.jid), "xml": xml, "confirm": "fe-2#1", "origin": "fe-2"}))
+    assert bob.delivered == [xml]
+    router.deliver_published(json.dumps({"kind": "deliver", "to": f"bob@{DOMAIN}/gone", "xml": xml, "confirm": "fe-2#2", "origin": "fe-2"}))
+    assert bob.delivered == [xml]
+    assert [(fe, item["token"], item["ok"]) for fe, item in directory.published] == [("fe-2", "fe-2#1", True), ("fe-2", "fe-2#2", False)]
+
+
+def carbons_iq(frm, action="enable"):
+    iq = domish.Element(("jabber:client", "iq"))
+    iq["from"], iq["type"], iq["id"] = frm, "set", "c1"
+    iq.addElement(("urn:xmpp:carbons:2", action))
+    return iq
+
+
+def test_carbons_copy_sent_and_received_chats_to_the_users_other_devices():
+    """XEP-0280: with carbons on, alice's tablet sees what her laptop sent and what bob sent to her phone."""
+    router, sessions, directory = make_router()
+    laptop = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    phone = bind(router, sessions, f"alice@{DOMAIN}/phone")
+    tablet = bind(router, sessions, f"alice@{DOMAIN}/tablet")
+    bob = bind(router, sessions, f"bob@{DOMAIN}/desk")
+    router.stanza_from_client(tablet, carbons_iq(str(tablet.jid)))
+    assert tablet.delivered[0]["type"] == "result"
+    router.stanza_from_client(laptop, chat(str(laptop.jid), str(bob.jid), "from the laptop"))
+    sent = tablet.delivered[1]
+    assert sent.firstChildElement().name == "sent" and "from the laptop" in sent.toXml()
+    assert phone.delivered == []  # no carbons for the phone: it did not ask
+    router.stanza_from_client(bob, chat(str(bob.jid), str(phone.jid), "to the phone"))
+    received = tablet.delivered[2]
+    assert received.firstChildElement().name == "received" and received["from"] == f"alice@{DOMAIN}"
+    assert len(phone.delivered) == 1 and laptop.delivered == []
+
+
+def test_private_messages_are_not_copied():
+    router, sessions, directory = make_router()
+    laptop = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    tablet = bind(router, sessions, f"alice@{DOMAIN}/tablet")
+    bob = bind(router, sessions, f"bob@{DOMAIN}/desk")
+    router.stanza_from_client(tablet, carbons_iq(str(tablet.jid)))
+    message = chat(str(laptop.jid), str(bob.jid), "just us")
+    message.addElement(("urn:xmpp:carbons:2", "private"))
+    router.stanza_from_client(laptop, message)
+    assert len(tablet.delivered) == 1  # only the iq result
+    assert len(bob.delivered) == 1
+
+
+def test_unacknowledged_stanzas_of_an_ended_session_go_to_other_resources_or_offline():
+    """XEP-0198: messages a client never acknowledged are re-routed when its session ends for good."""
+    router, sessions, directory = make_router()
+    phone = bind(router, sessions, f"bob@{DOMAIN}/phone")
+    sessions.remove(phone)
+    router.session_ended(phone)
+    message = chat(f"alice@{DOMAIN}/laptop", str(phone.jid), "did you get this")
+    router.undelivered(phone, [message.toXml()])
+    [kept] = router.offline_store.kept["bob"]
+    assert "did you get this" in kept.stanza
+    desk = bind(router, sessions, f"bob@{DOMAIN}/desk")
+    router.undelivered(phone, [chat(f"alice@{DOMAIN}/laptop", str(phone.jid), "second").toXml()])
+    assert len(desk.delivered) == 1 and len(router.offline_store.kept["bob"]) == 1
+
+
+def test_registered_iq_handler_answers_iqs_to_any_bare_jid_of_the_domain():
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    calls = []
+    router.register_iq_handler("vcard-temp", "vCard", lambda c, iq, target: calls.append((c, target)))
+    iq = domish.Element(("jabber:client", "iq"))
+    iq["from"], iq["to"], iq["type"], iq["id"] = str(alice.jid), f"bob@{DOMAIN}", "get", "v1"
+    iq.addElement(("vcard-temp", "vCard"))
+    router.stanza_from_client(alice, iq)
+    assert calls == [(alice, parse_jid(f"bob@{DOMAIN}"))]
+
+
+def test_roster_of_another_user_is_forbidden():
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    iq = domish.Element(("jabber:client", "iq"))
+    iq["from"], iq["to"], iq["type"], iq["id"] = str(alice.jid), f"bob@{DOMAIN}", "get", "r1"
+    iq.addElement(("jabber:iq:roster", "query"))
+    router.stanza_from_client(alice, iq)
+    assert error_condition(alice.delivered[0]) == "forbidden"
 
 
 def server_get(frm, namespace, to=DOMAIN):
