@@ -29,12 +29,15 @@ from hipchat_server.storage.sessions import SessionDirectory
 from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
 from hipchat_server.xmpp.bind import SessionTable
 from hipchat_server.xmpp.c2s import ClientFactory
+from hipchat_server.xmpp.login_throttle import LoginThrottle
 from hipchat_server.xmpp.sasl import SaslServer
 from hipchat_server.xmpp.tls import server_tls_options
 
 log = logging.getLogger("hipchat.xmpp")
 
-LISTEN_BACKLOG = 1024  # a reconnect storm arrives all at once
+LISTEN_BACKLOG = 4096  # a reconnect storm arrives all at once; the kernel queues what the throttle holds back
+# Logins (TLS handshake, SASL, bind) in progress per front end before it stops accepting for a moment.
+MAX_LOGINS_IN_PROGRESS = 200
 
 
 def reuse_port_socket(address: str, port: int) -> socket.socket:
@@ -83,11 +86,37 @@ def build_factories(chat_server: ChatServer, tls_options, directory: SessionDire
     return starttls, direct
 
 
-def listen(address: str, port: int, factory) -> None:
-    """Serve ``factory`` on a SO_REUSEPORT socket shared with the other front ends."""
+def open_session_directory(chat_server: ChatServer) -> SessionDirectory:
+    """This front end's session directory, cleared of what a crashed predecessor left. Blocks (Redis)."""
+    directory = SessionDirectory(chat_server.get_redis_primary(), frontend_id())
+    cleared = directory.clear_frontend()
+    if cleared:
+        log.info("cleared %d stale sessions of front end %s", cleared, directory.frontend_id)
+    return directory
+
+
+def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirectory) -> tuple[ClientFactory, ClientFactory]:
+    """Build the client factories and start what every front end runs (the XMPP processes and the HTTPS one).
+
+    Listens for the stanzas other front ends publish for this one's sessions,
+    and on stop tells each client why its stream ends, so it reconnects (to
+    another front end).
+    """
+    starttls, direct = build_factories(chat_server, tls_options, directory)
+    DeliveryListener(chat_server.get_redis_primary, directory.channel, starttls.router.deliver_published).start()
+    sessions = starttls.sessions
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: [c.send_stream_error("system-shutdown") for c in sessions.connections()]
+    )
+    return starttls, direct
+
+
+def listen(address: str, port: int, factory, throttle: LoginThrottle) -> None:
+    """Serve ``factory`` on a SO_REUSEPORT socket shared with the other front ends, under the login throttle."""
     sock = reuse_port_socket(address, port)
-    reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+    listening = reactor.adoptStreamPort(sock.fileno(), sock.family, throttle.wrap(factory))
     sock.close()  # the reactor holds its own duplicate of the descriptor
+    throttle.watch(listening)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,23 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tls_options = server_tls_options(config.tls.certificate, config.tls.private_key)
         chat_server = ChatServer(config)
-        directory = SessionDirectory(chat_server.get_redis_primary(), frontend_id())
-        # Sessions a crashed predecessor of this front end left in the directory are gone.
-        cleared = directory.clear_frontend()
-        if cleared:
-            log.info("cleared %d stale sessions of front end %s", cleared, directory.frontend_id)
-        starttls, direct = build_factories(chat_server, tls_options, directory)
-        DeliveryListener(chat_server.get_redis_primary, directory.channel, starttls.router.deliver_published).start()
-        listen(xmpp.bind_address, xmpp.c2s_port, starttls)
-        listen(xmpp.bind_address, xmpp.c2s_tls_port, TLSMemoryBIOFactory(tls_options, False, direct))
+        starttls, direct = start_frontend(chat_server, tls_options, open_session_directory(chat_server))
+        throttle = LoginThrottle(MAX_LOGINS_IN_PROGRESS)
+        listen(xmpp.bind_address, xmpp.c2s_port, starttls, throttle)
+        listen(xmpp.bind_address, xmpp.c2s_tls_port, TLSMemoryBIOFactory(tls_options, False, direct), throttle)
     except OSError as e:
         print(f"hipchat-xmpp: cannot start: {e}", file=sys.stderr)
         return 1
-    # On stop, tell each client why its stream ends, so it reconnects (to another front end).
-    sessions = starttls.sessions
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", lambda: [c.send_stream_error("system-shutdown") for c in sessions.connections()]
-    )
     drop_privileges(config.server.user)  # a no-op under supervisor's `user =`
     log.info(
         "serving XMPP clients on %s: %d (STARTTLS) and %d (direct TLS)",
