@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from tests.e2e.xmpp_client import TIMEOUT, login, run
+from tests.e2e.xmpp_client import TIMEOUT, front_end_of, login, run
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"])
@@ -55,14 +55,6 @@ def test_wrong_password_is_refused(endpoint, alice):
         assert not ok
 
     run(scenario())
-
-
-def front_end_of(config, username: str, resource: str) -> str | None:
-    """The front end the session directory in Redis names for a bound session."""
-    from hipchat_server.storage.redis import primary_client
-
-    value = primary_client(config.redis).hget(f"xmpp:sessions:{username}@{config.server.domain}", resource)
-    return value.decode() if value else None
 
 
 async def exchange(sender, receiver, body: str):

@@ -27,16 +27,33 @@ class Endpoint:
 
 
 class Client(slixmpp.ClientXMPP):
-    """A slixmpp client that reports the end of its login as a future: True (bound) or False (refused)."""
+    """A slixmpp client that reports the end of its login as a future: True (bound) or False (refused).
 
-    def __init__(self, endpoint: Endpoint, username: str, password: str, mechanism: str | None, direct_tls: bool):
-        super().__init__(f"{username}@{endpoint.domain}/e2e-{uuid.uuid4().hex[:4]}", password, sasl_mech=mechanism)
+    Like a real client it sends initial presence once bound (``available``),
+    which is what makes it receive messages to its bare JID.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        username: str,
+        password: str,
+        mechanism: str | None,
+        direct_tls: bool,
+        *,
+        resource: str | None = None,
+        available: bool = True,
+        plugins: tuple[str, ...] = (),
+    ):
+        resource = resource or f"e2e-{uuid.uuid4().hex[:4]}"
+        super().__init__(f"{username}@{endpoint.domain}/{resource}", password, sasl_mech=mechanism)
+        self.available = available
         self.endpoint, self.direct_tls = endpoint, direct_tls
         self.ssl_context = ssl.create_default_context(cafile=endpoint.ca_certificate)
         self.enable_direct_tls, self.enable_starttls, self.enable_plaintext = direct_tls, not direct_tls, False
         self.logged_in: asyncio.Future = asyncio.get_running_loop().create_future()
         self.received: asyncio.Queue = asyncio.Queue()
-        self.add_event_handler("session_start", lambda _: self._settle(True))
+        self.add_event_handler("session_start", self._session_started)
         self.add_event_handler("failed_all_auth", lambda _: self._settle(False))
         self.add_event_handler("connection_failed", lambda _: self._settle(False))
         self.add_event_handler("disconnected", lambda _: self._settle(False))
@@ -44,6 +61,13 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("message_error", self.received.put_nowait)
         self.register_plugin("xep_0030")  # service discovery
         self.register_plugin("xep_0092")  # software version
+        for plugin in plugins:
+            self.register_plugin(plugin)
+
+    def _session_started(self, _event) -> None:
+        if self.available:
+            self.send_presence()
+        self._settle(True)
 
     def _settle(self, result: bool) -> None:
         if not self.logged_in.done():
@@ -78,7 +102,16 @@ def run(coroutine):
     return asyncio.run(bounded())
 
 
-async def login(endpoint, username, password=PASSWORD, mechanism=None, direct_tls=False) -> tuple[Client, bool]:
-    client = Client(endpoint, username, password, mechanism, direct_tls)
+async def login(endpoint, username, password=PASSWORD, mechanism=None, direct_tls=False, **options) -> tuple[Client, bool]:
+    """Log ``username`` in; ``options`` go to `Client` (resource, available, plugins)."""
+    client = Client(endpoint, username, password, mechanism, direct_tls, **options)
     ok = await client.log_in()
     return client, ok
+
+
+def front_end_of(config, username: str, resource: str) -> str | None:
+    """The front end the session directory in Redis names for a bound session."""
+    from hipchat_server.storage.redis import primary_client
+
+    value = primary_client(config.redis).hget(f"xmpp:sessions:{username}@{config.server.domain}", resource)
+    return value.decode() if value else None
