@@ -4,18 +4,40 @@ from __future__ import annotations
 
 from twisted.words.xish import domish
 
+from hipchat_server.xmpp import caps
+from hipchat_server.xmpp.carbons import CARBONS_NS
 from hipchat_server.xmpp.ping import PING_NS
+from hipchat_server.xmpp.vcard import VCARD_NS
 from hipchat_server.xmpp.version import VERSION_NS
 
 DISCO_INFO_NS = "http://jabber.org/protocol/disco#info"
 DISCO_ITEMS_NS = "http://jabber.org/protocol/disco#items"
+#: XEP-0160: messages to a user with no available resource are stored and delivered later (routing.py).
+OFFLINE_FEATURE = "msgoffline"
 
 # Only what the server really answers; each later XEP module adds its namespace here.
-SERVER_FEATURES = (DISCO_INFO_NS, DISCO_ITEMS_NS, PING_NS, VERSION_NS)
+# Entity Capabilities (XEP-0115) hashes this list: the server's caps `ver` changes with it.
+SERVER_FEATURES = (
+    caps.CAPS_NS,
+    CARBONS_NS,
+    DISCO_INFO_NS,
+    DISCO_ITEMS_NS,
+    OFFLINE_FEATURE,
+    PING_NS,
+    VCARD_NS,
+    VERSION_NS,
+)
 
 
-def server_info(node: str | None = None) -> domish.Element:
-    """The disco#info payload of the server: identity server/im and its features."""
+def server_info(node: str | None = None) -> domish.Element | None:
+    """The disco#info payload of the server: identity server/im and its features.
+
+    The caps node ``<node>#<ver>`` (XEP-0115) is answered exactly
+    like no node, echoing the node; any other node is not the server's: None,
+    for the caller to answer ``item-not-found`` (XEP-0030).
+    """
+    if node is not None and node != caps.server_caps_node():
+        return None
     query = domish.Element((DISCO_INFO_NS, "query"))
     if node:
         query["node"] = node
