@@ -186,6 +186,8 @@ class XmppConfig:
     frontend_processes: int = 1  # how many hipchat-xmpp processes share the ports
     max_sessions_per_user: int = 10  # bound resources of one user on one front end
     auth_failures_per_minute: int = 5  # failed SASL attempts one IP may make per minute and process
+    sm_resume_timeout: int = 300  # seconds a dropped XEP-0198 session waits to be resumed
+    sm_max_unacked: int = 1000  # stanzas kept for a client until it acknowledges them (XEP-0198)
 
     @classmethod
     def load(cls, raw: Mapping[str, Any]) -> "XmppConfig":
@@ -199,6 +201,8 @@ class XmppConfig:
             frontend_processes=r.positive_int("frontend_processes", cls.frontend_processes),
             max_sessions_per_user=r.positive_int("max_sessions_per_user", cls.max_sessions_per_user),
             auth_failures_per_minute=r.positive_int("auth_failures_per_minute", cls.auth_failures_per_minute),
+            sm_resume_timeout=r.positive_int("sm_resume_timeout", cls.sm_resume_timeout),
+            sm_max_unacked=r.positive_int("sm_max_unacked", cls.sm_max_unacked),
         )
         if config.c2s_port == config.c2s_tls_port:
             raise ConfigError(f"xmpp.c2s_tls_port: {config.c2s_tls_port} is also xmpp.c2s_port")

@@ -4,6 +4,8 @@ A client stream negotiates in three steps, each ending in a stream restart:
 STARTTLS (section 5, required here), SASL (section 6), then resource binding
 (section 7) with the old session establishment kept for clients of RFC 3921
 that still ask for it (marked optional, as RFC 6121 appendix E allows).
+Stream Management (XEP-0198) is offered next to binding: a client either
+resumes an earlier session instead of binding, or enables it after binding.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
 SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
 BIND_NS = "urn:ietf:params:xml:ns:xmpp-bind"
 SESSION_NS = "urn:ietf:params:xml:ns:xmpp-session"
+SM_NS = "urn:xmpp:sm:3"
 
 
 def stream_features(*features: domish.Element) -> domish.Element:
@@ -53,3 +56,8 @@ def optional_session() -> domish.Element:
     element = domish.Element((SESSION_NS, "session"))
     element.addElement("optional")
     return element
+
+
+def stream_management() -> domish.Element:
+    """``<sm xmlns='urn:xmpp:sm:3'/>``: XEP-0198 acks and resumption (offered after authentication)."""
+    return domish.Element((SM_NS, "sm"))

@@ -1,0 +1,477 @@
+"""Stream Management (XEP-0198): acks, and resuming a session after its connection dropped.
+
+Once a bound client sends ``<enable/>``, both sides count the stanzas they
+handled (``h``, modulo 2^32). The server counts a client's stanza only when
+the router says it is durable (delivered to a session, stored, or answered
+with an error), strictly in order, and keeps each stanza it sends to the
+client, serialized, until the client's ``<a h=.../>`` acknowledges it.
+
+With ``resume='true'`` a connection lost without ``</stream>`` does not end
+the session: it hibernates for the resume timeout, still queuing what is
+delivered to it. A new stream of the same user resumes it with
+``<resume previd=... h=.../>``: the server answers ``<resumed/>`` with its own
+``h`` and resends what the client had not received.
+
+The session may hibernate on another front end than the one the client
+reconnects to. The SM id names the front end that created the session (its
+origin); that front end keeps a forwarding entry while the session lives
+elsewhere. The handover, over `router.publish_to_frontend`:
+
+1. ``sm.resume`` (new front end -> origin, relayed by the origin to the
+   holder): session id, user, the client's ``h``, who asks.
+2. ``sm.state`` or ``sm.refused`` (holder -> new): the holder detaches the
+   old transport, waits for the client's pending stanzas to become durable,
+   applies ``h`` and sends the session: JID, counters, unacked stanzas. The
+   session is *lent*: it keeps queuing deliveries meanwhile.
+3. ``sm.taken`` or ``sm.declined`` (new -> holder): taken, the new front end
+   has registered the session; the holder forwards (``sm.forward``) what was
+   queued after its reply and anything delivered to it later. Declined (the
+   new front end gave up waiting after 5 s), the session hibernates again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import re
+import secrets
+from typing import TYPE_CHECKING, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from hipchat_server.xmpp.errors import STANZA_ERRORS_NS
+from hipchat_server.xmpp.features import SM_NS
+from hipchat_server.xmpp.jid import parse_jid
+
+if TYPE_CHECKING:
+    from hipchat_server.xmpp.c2s import ClientConnection
+
+MAX_SEQ = 2**32
+
+#: How long a front end waits for the holder of a session to hand it over.
+HANDOVER_TIMEOUT = 5.0
+#: How long the holder waits for the client's in-flight stanzas to become durable before answering.
+SETTLE_TIMEOUT = 3.0
+#: How long a lent session waits for the new front end to say whether it took it.
+LEND_TIMEOUT = 15.0
+#: How long a session that moved away still forwards what stale routes deliver to it.
+MOVED_GRACE = 60.0
+
+_URLSAFE_B64 = re.compile(r"[A-Za-z0-9_-]+")
+
+# Message kinds between front ends.
+RESUME, STATE, REFUSED, TAKEN, DECLINED, FORWARD, MOVED, ENDED = (
+    "sm.resume", "sm.state", "sm.refused", "sm.taken", "sm.declined", "sm.forward", "sm.moved", "sm.ended",
+)
+
+
+class HandledCountTooHigh(Exception):
+    """The client acknowledged more stanzas than were sent to it."""
+
+    def __init__(self, h: int, sent: int):
+        super().__init__(f"h={h} but only {sent} stanzas were sent")
+        self.h, self.sent = h, sent
+
+
+# Elements.
+def _element(name: str, **attrs) -> domish.Element:
+    element = domish.Element((SM_NS, name))
+    for key, value in attrs.items():
+        if value is not None:
+            element[key] = str(value)
+    return element
+
+
+def is_sm(element: domish.Element) -> bool:
+    """True for an element of the Stream Management namespace."""
+    return element.uri == SM_NS
+
+
+def enabled(sm_id: str | None, max_seconds: int | None) -> domish.Element:
+    """``<enabled/>``, with ``resume``, ``id`` and ``max`` when the session can be resumed."""
+    if sm_id is None:
+        return _element("enabled")
+    return _element("enabled", id=sm_id, resume="true", max=max_seconds)
+
+
+def resumed(h: int, previd: str) -> domish.Element:
+    return _element("resumed", h=h, previd=previd)
+
+
+def failed(condition: str, h: int | None = None) -> domish.Element:
+    """``<failed><condition xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>``, with ``h`` when known."""
+    element = _element("failed", h=h)
+    element.addElement((STANZA_ERRORS_NS, condition))
+    return element
+
+
+def ack(h: int) -> domish.Element:
+    return _element("a", h=h)
+
+
+def request() -> domish.Element:
+    return _element("r")
+
+
+def handled_count_too_high(error: HandledCountTooHigh) -> domish.Element:
+    """The application condition of the ``undefined-condition`` stream error for a too high ``h``."""
+    return _element("handled-count-too-high", h=error.h, **{"send-count": error.sent})
+
+
+def parse_h(element: domish.Element) -> int | None:
+    """The ``h`` attribute as an integer in 0..2^32-1, or None when absent or malformed."""
+    value = element.getAttribute("h", "")
+    if not value.isdigit() or int(value) >= MAX_SEQ:
+        return None
+    return int(value)
+
+
+def new_id(frontend_id: str) -> str:
+    """A new, unguessable SM id naming the front end that creates it."""
+    origin = base64.urlsafe_b64encode(frontend_id.encode()).decode().rstrip("=")
+    return f"{origin}.{secrets.token_urlsafe(18)}"
+
+
+def origin_of(sm_id: str) -> str | None:
+    """The front end that created ``sm_id``, or None when the id is not one of ours."""
+    origin, dot, secret = sm_id.partition(".")
+    if not dot or not secret or not _URLSAFE_B64.fullmatch(origin):
+        return None
+    try:
+        return base64.urlsafe_b64decode(origin + "=" * (-len(origin) % 4)).decode() or None
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+
+
+class StreamState:
+    """The counters and unacked queue of one session with Stream Management enabled."""
+
+    def __init__(self, sm_id: str | None = None, max_seconds: int | None = None):
+        self.id = sm_id  # None: not resumable
+        self.max_seconds = max_seconds
+        # Inbound: stanzas the client sent, counted as handled in order once durable.
+        self.handled = 0
+        self._pending: collections.deque[list[bool]] = collections.deque()
+        self._settled_waiters: list[defer.Deferred] = []
+        # Outbound: stanzas sent to the client, kept until acknowledged.
+        self.sent = 0
+        self.acked = 0
+        self.unacked: collections.deque[str] = collections.deque()
+
+    @property
+    def resumable(self) -> bool:
+        return self.id is not None
+
+    # Inbound.
+    def inbound(self) -> Callable[[], None]:
+        """Note a stanza from the client; call what this returns when it is durable."""
+        slot = [False]
+        self._pending.append(slot)
+
+        def done(*_):
+            slot[0] = True
+            self._advance()
+
+        return done
+
+    def _advance(self) -> None:
+        while self._pending and self._pending[0][0]:
+            self._pending.popleft()
+            self.handled = (self.handled + 1) % MAX_SEQ
+        if not self._pending:
+            waiters, self._settled_waiters = self._settled_waiters, []
+            for d in waiters:
+                d.callback(self.handled)
+
+    def restart_inbound(self) -> None:
+        """Forget stanzas still in flight on a stream that was left: the client resends what ``handled`` does not count."""
+        self._pending = collections.deque()
+        self._advance()
+
+    @property
+    def in_flight(self) -> int:
+        """The client's stanzas received but not yet durable."""
+        return len(self._pending)
+
+    def settled(self, clock, timeout: float) -> defer.Deferred:
+        """Fires with ``handled`` once no stanza is in flight, or after ``timeout`` seconds."""
+        if not self._pending:
+            return defer.succeed(self.handled)
+        d = defer.Deferred()
+        self._settled_waiters.append(d)
+        call = clock.callLater(timeout, lambda: d.called or (self._settled_waiters.remove(d), d.callback(self.handled)))
+        d.addBoth(lambda result: (call.active() and call.cancel(), result)[1])
+        return d
+
+    # Outbound.
+    def queue(self, text: str) -> None:
+        """Keep a stanza sent (or to be sent) to the client until it is acknowledged."""
+        self.unacked.append(text)
+        self.sent = (self.sent + 1) % MAX_SEQ
+
+    def acknowledge(self, h: int) -> int:
+        """Drop the stanzas the client's ``h`` acknowledges; return how many. Raises HandledCountTooHigh."""
+        count = (h - self.acked) % MAX_SEQ
+        if count > len(self.unacked):
+            raise HandledCountTooHigh(h, self.sent)
+        for _ in range(count):
+            self.unacked.popleft()
+        self.acked = h
+        return count
+
+    # Handover between front ends.
+    def snapshot(self) -> dict:
+        return {
+            "id": self.id,
+            "max": self.max_seconds,
+            "handled": self.handled,
+            "sent": self.sent,
+            "acked": self.acked,
+            "unacked": list(self.unacked),
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: dict) -> "StreamState":
+        state = cls(data["id"], data.get("max"))
+        state.handled, state.sent, state.acked = int(data["handled"]), int(data["sent"]), int(data["acked"])
+        state.unacked.extend(data["unacked"])
+        return state
+
+
+class ResumableSessions:
+    """The resumable sessions of one front-end process, and the handover of sessions between front ends.
+
+    One per process, shared by its client factories. ``router`` may lack the
+    cross-front-end methods (``frontend_id``, ``publish_to_frontend``,
+    ``on_published``): then only sessions of this process can be resumed.
+    """
+
+    log = Logger()
+
+    def __init__(self, router, clock):
+        self.router, self.clock = router, clock
+        self.frontend_id: str = getattr(router, "frontend_id", None) or "local"
+        self._clustered = hasattr(router, "publish_to_frontend") and hasattr(router, "on_published")
+        self._by_id: dict[str, ClientConnection] = {}
+        self._elsewhere: dict[str, str] = {}  # on the origin: sessions it created that now live on another front end
+        self._waiting: dict[str, tuple[ClientConnection, object]] = {}  # our resume requests: request id -> (stream, timer)
+        self._lent: dict[str, tuple[ClientConnection, int, object]] = {}  # session id -> (session, queued at reply, timer)
+        self._forwarding: dict[str, defer.Deferred] = {}  # per moved session: publishes, one after another
+        if self._clustered:
+            for kind, handler in (
+                (RESUME, self._on_resume), (STATE, self._on_state), (REFUSED, self._on_refused),
+                (TAKEN, self._on_taken), (DECLINED, self._on_declined), (FORWARD, self._on_forward),
+                (MOVED, self._on_moved), (ENDED, self._on_ended),
+            ):
+                router.on_published(kind, self._guarded(handler))
+
+    def _guarded(self, handler):
+        def call(payload: dict) -> None:
+            try:
+                handler(payload)
+            except Exception:
+                self.log.failure("stream management message {payload} failed", payload=payload)
+
+        return call
+
+    def new_id(self) -> str:
+        return new_id(self.frontend_id)
+
+    # Sessions of this process.
+    def add(self, connection: "ClientConnection") -> None:
+        self._by_id[connection.sm.id] = connection
+
+    def get(self, sm_id: str) -> "ClientConnection | None":
+        return self._by_id.get(sm_id)
+
+    def ended(self, connection: "ClientConnection") -> None:
+        """``connection``'s resumable session is over for good."""
+        sm_id = connection.sm.id
+        if self._by_id.get(sm_id) is connection:
+            del self._by_id[sm_id]
+        self._elsewhere.pop(sm_id, None)
+        origin = origin_of(sm_id)
+        if self._clustered and origin and origin != self.frontend_id:
+            self._publish(origin, ENDED, {"id": sm_id})
+
+    def forget_moved(self, sm_id: str) -> None:
+        """A session that moved away stopped forwarding (its grace period is over)."""
+        self._forwarding.pop(sm_id, None)
+
+    # Resuming.
+    def resume(self, stream: "ClientConnection", sm_id: str, h: int) -> None:
+        """Resume session ``sm_id`` on the new ``stream`` (authenticated, not bound); it is answered later or now."""
+        local = self._by_id.get(sm_id)
+        if local is not None:
+            if local.username != stream.username or sm_id in self._lent:
+                return stream.resume_failed("item-not-found")
+            self._release_local(local, stream, h)
+            return
+        origin = origin_of(sm_id)
+        if not self._clustered or origin is None or (origin == self.frontend_id and sm_id not in self._elsewhere):
+            return stream.resume_failed("item-not-found")
+        holder = self._elsewhere.get(sm_id, origin)
+        request_id = secrets.token_hex(8)
+        timer = self.clock.callLater(HANDOVER_TIMEOUT, self._gave_up, request_id)
+        self._waiting[request_id] = (stream, timer)
+        payload = {"id": sm_id, "user": stream.username, "h": h, "from": self.frontend_id, "request": request_id}
+        d = self._publish(holder, RESUME, payload)
+        d.addCallback(lambda receivers: receivers or self._gave_up(request_id))
+
+    def _release_local(self, old: "ClientConnection", stream: "ClientConnection", h: int) -> None:
+        """Move a session of this process to a new stream of this process."""
+        d = old.lend()
+        self._lent[old.sm.id] = (old, 0, None)
+
+        def release(_):
+            del self._lent[old.sm.id]
+            if stream.gone:
+                return old.lend_cancelled()
+            try:
+                old.sm.acknowledge(h)
+            except HandledCountTooHigh:
+                old.lend_cancelled()
+                return stream.resume_failed("undefined-condition")
+            state = old.sm
+            old.moved(stream.deliver)
+            stream.take_over(old.jid, state)
+
+        d.addCallback(release)
+
+    def _gave_up(self, request_id: str) -> None:
+        waiting = self._waiting.pop(request_id, None)
+        if waiting is not None:
+            stream, timer = waiting
+            if timer.active():
+                timer.cancel()
+            stream.resume_failed("item-not-found")
+
+    # The holder's side.
+    def _on_resume(self, payload: dict) -> None:
+        sm_id, requester = payload["id"], payload["from"]
+        refuse = {"request": payload["request"]}
+        if sm_id in self._elsewhere:  # we are the origin; relay to the current holder
+            target = self._elsewhere[sm_id]
+            if target != requester:
+                self._publish(target, RESUME, payload)
+                return
+        session = self._by_id.get(sm_id)
+        if session is None or session.username != payload["user"] or sm_id in self._lent:
+            self._publish(requester, REFUSED, refuse)
+            return
+        d = session.lend()
+        self._lent[sm_id] = (session, 0, None)
+
+        def reply(_):
+            try:
+                session.sm.acknowledge(int(payload["h"]))
+            except (HandledCountTooHigh, ValueError):
+                self._lent.pop(sm_id, None)
+                session.lend_cancelled()
+                self._publish(requester, REFUSED, refuse)
+                return
+            timer = self.clock.callLater(LEND_TIMEOUT, self._lend_expired, sm_id)
+            self._lent[sm_id] = (session, len(session.sm.unacked), timer)
+            state = dict(session.sm.snapshot(), request=payload["request"], jid=session.jid.full(), holder=self.frontend_id)
+            self._publish(requester, STATE, state)
+
+        d.addCallback(reply)
+
+    def _lend_expired(self, sm_id: str) -> None:
+        lent = self._lent.pop(sm_id, None)
+        if lent is not None:
+            self.log.warn("the front end resuming session {id} never answered; it hibernates again", id=sm_id)
+            lent[0].lend_cancelled()
+
+    def _on_taken(self, payload: dict) -> None:
+        sm_id, new_holder = payload["id"], payload["from"]
+        lent = self._lent.pop(sm_id, None)
+        if lent is None:
+            return
+        session, queued_at_reply, timer = lent
+        if timer is not None and timer.active():
+            timer.cancel()
+        later = list(session.sm.unacked)[queued_at_reply:]
+        session.moved(lambda stanza: self._forward(sm_id, new_holder, stanza))
+        for text in later:
+            self._forward(sm_id, new_holder, text)
+        if self._by_id.get(sm_id) is session:
+            del self._by_id[sm_id]
+        self._record_move(sm_id, new_holder)
+
+    def _on_declined(self, payload: dict) -> None:
+        lent = self._lent.pop(payload["id"], None)
+        if lent is not None:
+            session, _, timer = lent
+            if timer is not None and timer.active():
+                timer.cancel()
+            session.lend_cancelled()
+
+    def _forward(self, sm_id: str, frontend: str, stanza: domish.Element | str) -> None:
+        text = stanza if isinstance(stanza, str) else stanza.toXml(defaultUri="jabber:client")
+        self._publish(frontend, FORWARD, {"id": sm_id, "xml": text}, chain=sm_id)
+
+    def _record_move(self, sm_id: str, new_holder: str) -> None:
+        origin = origin_of(sm_id)
+        if origin == self.frontend_id:
+            self._on_moved({"id": sm_id, "to": new_holder})
+        elif origin:
+            self._publish(origin, MOVED, {"id": sm_id, "to": new_holder})
+
+    # The origin's forwarding entries.
+    def _on_moved(self, payload: dict) -> None:
+        if payload["to"] == self.frontend_id:
+            self._elsewhere.pop(payload["id"], None)
+        else:
+            self._elsewhere[payload["id"]] = payload["to"]
+
+    def _on_ended(self, payload: dict) -> None:
+        self._elsewhere.pop(payload["id"], None)
+
+    # The new front end's side.
+    def _on_state(self, payload: dict) -> None:
+        waiting = self._waiting.pop(payload["request"], None)
+        reply = {"id": payload["id"], "from": self.frontend_id}
+        if waiting is None or waiting[0].gone:
+            self._publish(payload["holder"], DECLINED, reply)
+            return
+        stream, timer = waiting
+        if timer.active():
+            timer.cancel()
+        jid = parse_jid(payload["jid"])
+        if jid.localpart != stream.username:
+            self._publish(payload["holder"], DECLINED, reply)
+            return stream.resume_failed("item-not-found")
+        self._elsewhere.pop(payload["id"], None)
+        stream.take_over(jid, StreamState.from_snapshot(payload))
+        self._publish(payload["holder"], TAKEN, reply)
+
+    def _on_refused(self, payload: dict) -> None:
+        self._gave_up(payload["request"])
+
+    def _on_forward(self, payload: dict) -> None:
+        session = self._by_id.get(payload["id"])
+        if session is None:
+            self.log.warn("a stanza forwarded to session {id} found it gone", id=payload["id"])
+            return
+        session.deliver(payload["xml"])
+
+    def _publish(self, frontend: str, kind: str, payload: dict, chain: str | None = None) -> defer.Deferred:
+        def publish(_=None):
+            d = defer.maybeDeferred(self.router.publish_to_frontend, frontend, kind, payload)
+            d.addErrback(self._publish_failed, kind, frontend)
+            return d
+
+        if chain is None:
+            return publish()
+        d = self._forwarding.get(chain) or defer.succeed(None)
+        d = d.addCallback(publish)
+        self._forwarding[chain] = d
+        return d
+
+    def _publish_failed(self, failure, kind: str, frontend: str) -> int:
+        self.log.failure("publishing {kind} to {frontend} failed", failure, kind=kind, frontend=frontend)
+        return 0
