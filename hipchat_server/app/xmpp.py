@@ -26,12 +26,14 @@ from hipchat_server.routing import ClusterRouter, DeliveryListener
 from hipchat_server.server import ChatServer
 from hipchat_server.storage.offline import OfflineStore
 from hipchat_server.storage.sessions import SessionDirectory
+from hipchat_server.storage.vcards import VCardStore
 from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
 from hipchat_server.xmpp.bind import SessionTable
 from hipchat_server.xmpp.c2s import ClientFactory
 from hipchat_server.xmpp.login_throttle import LoginThrottle
 from hipchat_server.xmpp.sasl import SaslServer
 from hipchat_server.xmpp.tls import server_tls_options
+from hipchat_server.xmpp.vcard import VCardService
 
 log = logging.getLogger("hipchat.xmpp")
 
@@ -81,6 +83,7 @@ def build_factories(chat_server: ChatServer, tls_options, directory: SessionDire
     )
     engine = chat_server.get_database_engine()
     router = ClusterRouter(domain, sessions, directory, offline_store=OfflineStore(engine))
+    VCardService(VCardStore(engine), router.run_blocking).register(router)
     starttls = ClientFactory(domain, sasl_server, router, tls_options, **shared)
     direct = ClientFactory(domain, sasl_server, router, tls_options, direct_tls=True, **shared)
     return starttls, direct

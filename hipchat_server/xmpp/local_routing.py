@@ -45,6 +45,14 @@ def _server_query(iq: domish.Element) -> domish.Element | None:
     return None
 
 
+def _asks_unknown_disco_node(iq: domish.Element) -> bool:
+    """A disco#info get for a node the server does not have (XEP-0030: item-not-found)."""
+    query = iq.firstChildElement()
+    if query is None or query.uri != DISCO_INFO_NS or not query.hasAttribute("node"):
+        return False
+    return disco.server_info(query["node"]) is None
+
+
 class EchoLessRouter:
     """A `c2s.StanzaRouter` over the sessions bound on this process."""
 
@@ -74,6 +82,8 @@ class EchoLessRouter:
             answer = _server_query(iq) if target in (None, self.domain) else None
             if is_ping(iq):
                 connection.deliver(iq_result(iq))
+            elif target in (None, self.domain) and _asks_unknown_disco_node(iq):
+                connection.deliver(stanza_error_reply(iq, "item-not-found", text="no such disco node"))
             elif answer is not None:
                 connection.deliver(iq_result(iq, answer))
             elif kind in ("get", "set"):

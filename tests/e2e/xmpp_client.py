@@ -53,7 +53,7 @@ class Client(slixmpp.ClientXMPP):
         self.enable_direct_tls, self.enable_starttls, self.enable_plaintext = direct_tls, not direct_tls, False
         self.logged_in: asyncio.Future = asyncio.get_running_loop().create_future()
         self.received: asyncio.Queue = asyncio.Queue()
-        self.add_event_handler("session_start", self._session_started)
+        self.add_event_handler("session_start", self._on_session_start)
         self.add_event_handler("failed_all_auth", lambda _: self._settle(False))
         self.add_event_handler("connection_failed", lambda _: self._settle(False))
         self.add_event_handler("disconnected", lambda _: self._settle(False))
@@ -64,7 +64,7 @@ class Client(slixmpp.ClientXMPP):
         for plugin in plugins:
             self.register_plugin(plugin)
 
-    def _session_started(self, _event) -> None:
+    def _on_session_start(self, _event) -> None:
         if self.available:
             self.send_presence()
         self._settle(True)

@@ -380,6 +380,10 @@ def test_disco_info_names_the_server_and_only_features_it_answers():
         "http://jabber.org/protocol/disco#items",
         "urn:xmpp:ping",
         "jabber:iq:version",
+        "http://jabber.org/protocol/caps",
+        "urn:xmpp:carbons:2",
+        "msgoffline",
+        "vcard-temp",
     }
 
 
@@ -402,3 +406,12 @@ def test_unknown_server_query_is_service_unavailable():
     alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
     router.stanza_from_client(alice, server_get(str(alice.jid), "jabber:iq:private"))
     assert alice.delivered[0]["type"] == "error"
+
+
+def test_disco_info_for_a_node_the_server_lacks_is_item_not_found():
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    iq = server_get(str(alice.jid), "http://jabber.org/protocol/disco#info")
+    iq.firstChildElement()["node"] = "urn:example:nothing"
+    router.stanza_from_client(alice, iq)
+    assert error_condition(alice.delivered[0]) == "item-not-found"
