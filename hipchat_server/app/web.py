@@ -1,7 +1,12 @@
-"""The HTTPS process: health endpoint now; REST API v2 and XMPP over WebSocket later.
+"""The HTTPS process: the health endpoint and XMPP over WebSocket; REST API v2 later.
 
 Started by supervisor as root so it can bind port 443, it drops to the
 appliance's service user before it serves a single request.
+
+It is also an XMPP front end: browser clients' streams (``/xmpp-websocket``,
+RFC 7395) are sessions in the same session directory as those of the XMPP
+processes, under this process's own front-end id, and its `DeliveryListener`
+brings it the stanzas other front ends publish for them.
 """
 
 from __future__ import annotations
@@ -11,15 +16,22 @@ import json
 import logging
 import sys
 
+from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer, reactor, ssl, threads
+from twisted.logger import STDLibLogObserver, globalLogBeginner
 from twisted.web import resource, server
 
 from hipchat_server import __version__, health
 from hipchat_server.app.process import drop_privileges, setup_logging
+from hipchat_server.app.xmpp import open_session_directory, start_frontend
 from hipchat_server.config import ConfigError, load_config
 from hipchat_server.server import ChatServer
+from hipchat_server.xmpp import websocket
 
 log = logging.getLogger("hipchat.web")
+
+#: Seconds between attempts to join the session directory while Redis cannot be reached.
+JOIN_RETRY_SECONDS = 5.0
 
 
 class HealthResource(resource.Resource):
@@ -69,10 +81,35 @@ class HealthResource(resource.Resource):
         request.finish()
 
 
-def build_site(chat_server: ChatServer) -> server.Site:
+def build_site(chat_server: ChatServer, websocket_factory: websocket.XmppWebSocketFactory | None = None) -> server.Site:
     root = resource.Resource()
     root.putChild(b"health", HealthResource(chat_server))
+    if websocket_factory is not None:
+        root.putChild(websocket.PATH, WebSocketResource(websocket_factory))
     return server.Site(root)
+
+
+def join_frontends(chat_server: ChatServer, websocket_factory: websocket.XmppWebSocketFactory) -> defer.Deferred:
+    """Become an XMPP front end, then let WebSocket clients in (until then their handshakes get 503).
+
+    While Redis cannot be reached this retries every `JOIN_RETRY_SECONDS`, and
+    the process keeps serving HTTPS meanwhile, so /health can say what is wrong.
+    """
+
+    def joined(directory):
+        # The streams are inside HTTPS already: nothing here starts TLS, so no TLS options.
+        _, direct_tls = start_frontend(chat_server, None, directory)
+        websocket_factory.client_factory = direct_tls
+        log.info("serving XMPP over WebSocket at /%s as front end %s", websocket.PATH.decode(), directory.frontend_id)
+
+    def failed(failure):
+        log.error("cannot join the session directory (%s); retrying in %ds", failure.getErrorMessage(), JOIN_RETRY_SECONDS)
+        reactor.callLater(JOIN_RETRY_SECONDS, join_frontends, chat_server, websocket_factory)
+
+    d = threads.deferToThread(open_session_directory, chat_server)
+    d.addCallbacks(joined, failed)
+    d.addErrback(lambda f: log.error("starting the WebSocket front end failed: %s", f.getTraceback()))
+    return d
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="configuration file (default /etc/hipchat/hipchat.yml)")
     args = parser.parse_args(argv)
     setup_logging()
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -87,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     chat_server = ChatServer(config)
     tls = ssl.DefaultOpenSSLContextFactory(config.tls.private_key, config.tls.certificate)
-    reactor.listenSSL(config.http.https_port, build_site(chat_server), tls, interface=config.http.bind_address)
+    websocket_factory = websocket.XmppWebSocketFactory()
+    site = build_site(chat_server, websocket_factory)
+    reactor.listenSSL(config.http.https_port, site, tls, interface=config.http.bind_address)
     # Bound (and key read) as root; from here on run as the service user.
     drop_privileges(config.server.user)
+    join_frontends(chat_server, websocket_factory)
     log.info("serving HTTPS on %s:%d", config.http.bind_address, config.http.https_port)
     reactor.run()
     return 0
