@@ -462,6 +462,8 @@ class ClientConnection(XmppStreamProtocol):
         self._ack_call = None
 
     def _too_many_unacked(self) -> None:
+        if self._lent:
+            return  # being handed over: the new holder gets the whole queue (or it comes back here)
         if self._gone:
             self.log.info("{jid}'s hibernating session queued too much; it ends now", jid=self.jid)
             self._end_session()

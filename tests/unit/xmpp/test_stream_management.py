@@ -524,3 +524,44 @@ def test_another_user_cannot_take_a_session_from_another_front_end(two_front_end
     bus.flush()
     assert "<item-not-found" in thief.transport.value().decode()
     assert client.connection.hibernating
+
+
+def test_a_hibernating_session_that_queues_too_much_ends(factory, router):
+    """Past sm_max_unacked a hibernating session ends at once and its whole queue goes to router.undelivered."""
+    client, _ = enabled_client(factory)
+    drop(client)
+    for n in range(21):
+        client.connection.deliver(message(n))
+    assert ("ended", client.connection) in router.events and len(router.undelivered_stanzas) == 21
+
+
+def test_a_session_being_handed_over_keeps_everything_queued(two_front_ends):
+    """While lent to another front end, a session does not end on overflow: every stanza reaches the new stream once."""
+    bus, factory_a, factory_b = two_front_ends
+    factory_b.sm_max_unacked = 100  # only A's limit is under test
+    client, sm_id = enabled_client(factory_a)
+    old = client.connection
+    drop(client)
+    again = Client(factory_b)
+    again.login()
+    again.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='0'/>")
+    bus.in_flight.pop(0)()
+    for n in range(25):
+        old.deliver(message(n))
+    bus.flush()
+    assert bodies(again.transport.value().decode()) == [f"message {n}" for n in range(25)]
+    assert not factory_a.router.undelivered_stanzas
+
+
+def test_resuming_while_the_old_connection_still_looks_open_closes_it(factory, router):
+    """A client back before the server noticed the loss resumes anyway; the old transport is dropped, the session not ended."""
+    client, sm_id = enabled_client(factory)
+    client.connection.deliver(message(1))
+    again = Client(factory)
+    again.login()
+    answer = again.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='0'/>")
+    assert f"<resumed xmlns='{SM}' h='0' previd='{sm_id}'/>" in answer and bodies(answer) == ["message 1"]
+    assert client.transport.disconnecting or client.transport.disconnected
+    drop(client)  # the old connection's close arrives late
+    assert not [e for e in router.events if e[0] in ("ended", "undelivered")]
+    assert factory.sessions.get(again.connection.jid) is again.connection
