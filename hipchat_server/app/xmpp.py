@@ -24,7 +24,10 @@ from hipchat_server.app.process import drop_privileges, setup_logging
 from hipchat_server.config import Config, ConfigError, load_config
 from hipchat_server.routing import ClusterRouter, DeliveryListener
 from hipchat_server.server import ChatServer
+from hipchat_server.presence import PresenceService
 from hipchat_server.storage.offline import OfflineStore
+from hipchat_server.storage.presence import PresenceStore
+from hipchat_server.storage.roster import RosterStore
 from hipchat_server.storage.sessions import SessionDirectory
 from hipchat_server.storage.vcards import VCardStore
 from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
@@ -83,6 +86,9 @@ def build_factories(chat_server: ChatServer, tls_options, directory: SessionDire
     )
     engine = chat_server.get_database_engine()
     router = ClusterRouter(domain, sessions, directory, offline_store=OfflineStore(engine))
+    router.presence = PresenceService(
+        domain, RosterStore(engine), PresenceStore(chat_server.get_redis_primary()), router
+    )
     VCardService(VCardStore(engine), router.run_blocking).register(router)
     starttls = ClientFactory(domain, sasl_server, router, tls_options, **shared)
     direct = ClientFactory(domain, sasl_server, router, tls_options, direct_tls=True, **shared)
