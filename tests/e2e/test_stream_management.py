@@ -49,6 +49,17 @@ async def acked(client, count: int) -> None:
         await asyncio.sleep(0.05)
 
 
+async def send_durably(sender, to: str, body: str) -> None:
+    """Send one chat message and wait until the server acknowledged it.
+
+    One at a time, so the order they arrive in is the order sent whatever
+    path each takes (concurrent messages from one sender may take two paths).
+    """
+    mark = sent_count(sender) + 1
+    sender.send_message(mto=to, mbody=body, mtype="chat")
+    await acked(sender, mark)
+
+
 async def collect(queue: asyncio.Queue, count: int) -> list[str]:
     """``count`` message bodies, then whatever else arrives within a second (a duplicate would)."""
     bodies = [(await asyncio.wait_for(queue.get(), TIMEOUT))["body"] for _ in range(count)]
@@ -89,7 +100,7 @@ def test_a_dropped_connection_resumes_with_nothing_lost_or_duplicated(config, en
                 # Messages the phone receives while connected.
                 for n in range(2):
                     sent.append(f"round {round_} online {n} {uuid.uuid4().hex[:4]}")
-                    sender.send_message(mto=phone.boundjid.full, mbody=sent[-1], mtype="chat")
+                    await send_durably(sender, phone.boundjid.full, sent[-1])
                 assert await collect(phone.received, 2) == sent[-2:]
                 # The network goes: the socket closes without </stream>.
                 disconnected = await event(phone, "disconnected")
@@ -97,10 +108,8 @@ def test_a_dropped_connection_resumes_with_nothing_lost_or_duplicated(config, en
                 await asyncio.wait_for(disconnected, TIMEOUT)
                 await asyncio.sleep(0.3)  # the server notices the lost connection
                 away = [f"round {round_} away {n} {uuid.uuid4().hex[:4]}" for n in range(3)]
-                mark = sent_count(sender) + len(away)
-                for body in away:
-                    sender.send_message(mto=phone.boundjid.full, mbody=body, mtype="chat")
-                await acked(sender, mark)  # durable: queued in the hibernating session
+                for body in away:  # each durable (queued in the hibernating session) before the next
+                    await send_durably(sender, phone.boundjid.full, body)
                 # The phone comes back and resumes.
                 resumed = await event(phone, "session_resumed")
                 phone.connect("127.0.0.1", endpoint.c2s_port)
