@@ -76,7 +76,7 @@ class StanzaRouter(Protocol):
         """``connection`` is gone (closed, lost, or replaced by a newer stream with its resource)."""
 
     def stanza_from_client(self, connection: "ClientConnection", element: domish.Element) -> defer.Deferred | None:
-        """Route or answer one stanza; None, or a Deferred that fires once it is durable (delivered, stored, answered)."""
+        """Route one stanza: None, or a Deferred that fires once it is durable (delivered, stored, answered)."""
 
     def undelivered(self, connection: "ClientConnection", stanzas: list[str]) -> None:
         """The stanzas an ended session's client never acknowledged (optional: store or bounce them)."""
@@ -145,7 +145,9 @@ class ClientConnection(XmppStreamProtocol):
 
     def stanza_text(self, element: domish.Element) -> str:
         """``element`` serialized as `send` writes it (what the unacked queue keeps)."""
-        return element.toXml(prefixes={STREAM_NS: "stream"}, defaultUri=self.content_namespace, prefixesInScope=["stream"])
+        return element.toXml(
+            prefixes={STREAM_NS: "stream"}, defaultUri=self.content_namespace, prefixesInScope=["stream"]
+        )
 
     def replace_session(self) -> None:
         """A newer stream bound this stream's resource: end the session and close with ``conflict``."""
@@ -473,7 +475,9 @@ class ClientConnection(XmppStreamProtocol):
     def _hibernate(self) -> None:
         self._stop_hibernating()
         self._hibernation = self.clock.callLater(self.sm.max_seconds, self._hibernation_over)
-        self.log.info("{jid} lost its connection; the session waits {s}s to be resumed", jid=self.jid, s=self.sm.max_seconds)
+        self.log.info(
+            "{jid} lost its connection; the session waits {s}s to be resumed", jid=self.jid, s=self.sm.max_seconds
+        )
 
     def _hibernation_over(self) -> None:
         self._hibernation = None

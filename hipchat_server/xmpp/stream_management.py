@@ -64,7 +64,14 @@ _URLSAFE_B64 = re.compile(r"[A-Za-z0-9_-]+")
 
 # Message kinds between front ends.
 RESUME, STATE, REFUSED, TAKEN, DECLINED, FORWARD, MOVED, ENDED = (
-    "sm.resume", "sm.state", "sm.refused", "sm.taken", "sm.declined", "sm.forward", "sm.moved", "sm.ended",
+    "sm.resume",
+    "sm.state",
+    "sm.refused",
+    "sm.taken",
+    "sm.declined",
+    "sm.forward",
+    "sm.moved",
+    "sm.ended",
 )
 
 
@@ -257,14 +264,23 @@ class ResumableSessions:
         self._clustered = hasattr(router, "publish_to_frontend") and hasattr(router, "on_published")
         self._by_id: dict[str, ClientConnection] = {}
         self._elsewhere: dict[str, str] = {}  # on the origin: sessions it created that now live on another front end
-        self._waiting: dict[str, tuple[ClientConnection, object]] = {}  # our resume requests: request id -> (stream, timer)
-        self._lent: dict[str, tuple[ClientConnection, int, object]] = {}  # session id -> (session, queued at reply, timer)
+        self._waiting: dict[str, tuple[ClientConnection, object]] = (
+            {}
+        )  # our resume requests: request id -> (stream, timer)
+        self._lent: dict[str, tuple[ClientConnection, int, object]] = (
+            {}
+        )  # session id -> (session, queued at reply, timer)
         self._forwarding: dict[str, defer.Deferred] = {}  # per moved session: publishes, one after another
         if self._clustered:
             for kind, handler in (
-                (RESUME, self._on_resume), (STATE, self._on_state), (REFUSED, self._on_refused),
-                (TAKEN, self._on_taken), (DECLINED, self._on_declined), (FORWARD, self._on_forward),
-                (MOVED, self._on_moved), (ENDED, self._on_ended),
+                (RESUME, self._on_resume),
+                (STATE, self._on_state),
+                (REFUSED, self._on_refused),
+                (TAKEN, self._on_taken),
+                (DECLINED, self._on_declined),
+                (FORWARD, self._on_forward),
+                (MOVED, self._on_moved),
+                (ENDED, self._on_ended),
             ):
                 router.on_published(kind, self._guarded(handler))
 
@@ -375,7 +391,9 @@ class ResumableSessions:
                 return
             timer = self.clock.callLater(LEND_TIMEOUT, self._lend_expired, sm_id)
             self._lent[sm_id] = (session, len(session.sm.unacked), timer)
-            state = dict(session.sm.snapshot(), request=payload["request"], jid=session.jid.full(), holder=self.frontend_id)
+            state = dict(
+                session.sm.snapshot(), request=payload["request"], jid=session.jid.full(), holder=self.frontend_id
+            )
             self._publish(requester, STATE, state)
 
         d.addCallback(reply)

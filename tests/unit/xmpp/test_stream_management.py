@@ -20,7 +20,7 @@ from hipchat_server.xmpp.bind import SessionTable
 from hipchat_server.xmpp.c2s import ClientFactory
 from hipchat_server.xmpp.sasl import SaslServer
 from hipchat_server.xmpp.xml_parser import StreamLimits
-from tests.unit.xmpp.test_c2s import DOMAIN, TLS_OPTIONS, Client, FakeCredentials
+from tests.unit.xmpp.test_c2s import DOMAIN, HEADER, TLS_OPTIONS, Client, FakeCredentials
 
 SM = "urn:xmpp:sm:3"
 
@@ -124,7 +124,9 @@ def bodies(xml: str) -> list[str]:
     return re.findall(r"<body>([^<]*)</body>", xml)
 
 
-def enabled_client(factory, resume: bool = True, resource: str = "phone", user=("alice", "wonderland")) -> tuple[Client, str | None]:
+def enabled_client(
+    factory, resume: bool = True, resource: str = "phone", user=("alice", "wonderland")
+) -> tuple[Client, str | None]:
     client = Client(factory)
     client.login(*user)
     client.bind(resource)
@@ -215,10 +217,8 @@ def test_stream_management_is_offered_after_authentication(factory):
     """The features after SASL offer <sm xmlns='urn:xmpp:sm:3'/> next to binding; before SASL it is not offered."""
     client = Client(factory)
     client.starttls()
-    assert SM not in client.send(b"<?xml version='1.0'?><stream:stream to='chat.example.com' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+    assert SM not in client.send(HEADER)
     client.auth_plain("alice", "wonderland")
-    from tests.unit.xmpp.test_c2s import HEADER
-
     assert f"<sm xmlns='{SM}'/>" in client.send(HEADER)
 
 
