@@ -101,15 +101,18 @@ class ClusterRouter(EchoLessRouter):
         run_blocking=threads.deferToThread,
         *,
         offline_store=None,
+        publisher=None,
         clock=None,
     ):
         super().__init__(domain, sessions)
         self.directory = directory
         self.run_blocking = run_blocking
         self.offline_store = offline_store
+        self.publisher = publisher  # a storage.publisher.OrderedPublisher; None publishes from the thread pool
         self.presence = None
         self.clock = clock or reactor
         self._lanes: dict[object, _Lane] = {}
+        self._rerouting: set[defer.Deferred] = set()
         self._iq_handlers: dict[tuple[str, str], IqHandler] = {}
         self._published_handlers: dict[str, Callable[[dict], None]] = {
             "deliver": self._published_delivery,
@@ -141,6 +144,12 @@ class ClusterRouter(EchoLessRouter):
     def publish_to_frontend(self, frontend_id: str, kind: str, payload: dict) -> defer.Deferred:
         """Publish ``payload`` as a ``kind`` item to another front end; fires with the number of receivers."""
         body = json.dumps(dict(payload, kind=kind))
+        return self._publish(frontend_id, body)
+
+    def _publish(self, frontend_id: str, body: str) -> defer.Deferred:
+        """Publish on a front end's channel: in call order through ``publisher`` when there is one."""
+        if self.publisher is not None:
+            return self.publisher.publish(self.directory.channel_of(frontend_id), body)
         return self.run_blocking(self.directory.publish, frontend_id, body)
 
     # Sessions.
@@ -154,11 +163,17 @@ class ClusterRouter(EchoLessRouter):
         def end():
             d = defer.maybeDeferred(self.presence.session_ended, connection) if self.presence else defer.succeed(None)
             d.addErrback(lambda f: self.log.failure("presence cleanup of {jid} failed", f, jid=jid))
-            d.addCallback(lambda _: self.run_blocking(self.directory.remove, str(jid.bare()), jid.resourcepart))
+            d.addCallback(lambda _: self._remove_from_directory(connection, jid))
             return d
 
         d = self._in_order(connection, end)
         d.addBoth(lambda _: self._forget(connection))
+
+    def _remove_from_directory(self, connection, jid: JID):
+        successor = self.sessions.get(jid)
+        if successor is not None and successor is not connection:
+            return None  # a newer stream bound this resource here: the entry is now its own
+        return self.run_blocking(self.directory.remove, str(jid.bare()), jid.resourcepart)
 
     def initial_presence_sent(self, connection) -> defer.Deferred:
         """``connection`` became available: hand it the messages stored while its user was away."""
@@ -170,7 +185,20 @@ class ClusterRouter(EchoLessRouter):
         Messages go to the user's other available resources or offline storage;
         an iq request is answered with an error so its sender is not left waiting.
         """
-        return defer.DeferredList([self._reroute(connection.jid, xml) for xml in stanzas], consumeErrors=True)
+        d = defer.DeferredList([self._reroute(connection.jid, xml) for xml in stanzas], consumeErrors=True)
+        self._rerouting.add(d)
+        d.addBoth(lambda result: (self._rerouting.discard(d), result)[1])
+        return d
+
+    def drain(self, timeout: float) -> defer.Deferred:
+        """Fires once unacknowledged stanzas of ended sessions are re-routed (or after ``timeout`` seconds).
+
+        A stopping front end waits for this, or those stanzas would die with it.
+        """
+        pending = defer.DeferredList(list(self._rerouting), consumeErrors=True)
+        timer = self.clock.callLater(timeout, lambda: pending.called or pending.callback(None))
+        pending.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return pending
 
     # Stanzas from clients.
     def stanza_from_client(self, connection, element: domish.Element) -> defer.Deferred | None:
@@ -448,7 +476,7 @@ class ClusterRouter(EchoLessRouter):
             recipient.deliver(stanza)
             return 1
         payload = json.dumps({"kind": "deliver", "to": str(full), "xml": stanza.toXml(defaultUri=CLIENT_NS)})
-        receivers = yield self.run_blocking(self.directory.publish, frontend, payload)
+        receivers = yield self._publish(frontend, payload)
         return 1 if receivers else 0
 
     def _deliver_confirmed(self, full: JID, frontend: str, stanza: domish.Element) -> defer.Deferred:
@@ -481,7 +509,7 @@ class ClusterRouter(EchoLessRouter):
             self.log.failure("publishing to {frontend} failed", failure, frontend=frontend)
             self._confirm(token, False)
 
-        self.run_blocking(self.directory.publish, frontend, payload).addCallbacks(published, failed)
+        self._publish(frontend, payload).addCallbacks(published, failed)
         return confirmed
 
     def _confirm(self, token: str, ok: bool) -> None:
@@ -511,7 +539,7 @@ class ClusterRouter(EchoLessRouter):
             recipient.deliver(item["xml"])
         if item.get("confirm"):
             confirmation = json.dumps({"kind": "delivered", "token": item["confirm"], "ok": recipient is not None})
-            d = self.run_blocking(self.directory.publish, item["origin"], confirmation)
+            d = self._publish(item["origin"], confirmation)
             d.addErrback(lambda f: self.log.failure("confirming a delivery failed", f))
 
     def _published_confirmation(self, item: dict) -> None:

@@ -23,7 +23,10 @@ SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
 SM_NS = "urn:xmpp:sm:3"
 _MECHANISM = re.compile(rb"<mechanism>([^<]+)</mechanism>")
 _BODY = re.compile(rb"<body>(\d+) (\d+) (\d+)</body>")
-ACK_POLL_S = 0.005  # how soon to ask again for an ack while messages are unacked
+# How soon to ask again for an ack while messages are unacked. Every message carries its own <r/>;
+# a server that answers <r/> only once what preceded it is durable (ours) never needs the re-ask,
+# one that answers at once with what it has so far (Prosody, ejabberd) does.
+ACK_POLL_S = 0.02
 _ID = re.compile(rb"m(\d+)-(\d+)$")
 _STANZAS = (b"message", b"presence", b"iq")
 
@@ -96,6 +99,7 @@ class Client(asyncio.Protocol):
         self.bound = self.closed = self.sm = False
         self.in_count = self.out_count = 0
         self.unacked: deque = deque()  # (out_count of the message, send time ns)
+        self._poll_pending = False  # a re-ask for an ack is scheduled
         self.seq = 0  # messages this client sent, over all its connections
         self.peer: str | None = None  # the bare JID this client chats with
 
@@ -307,11 +311,13 @@ class Client(asyncio.Protocol):
         now, unacked, ack_ms = time.monotonic_ns(), self.unacked, self.tally.ack_ms
         while unacked and unacked[0][0] <= h:
             ack_ms.append((now - unacked.popleft()[1]) / 1e6)
-        if unacked:
-            # A server answers <r/> with what is durable so far and need not say when the rest
+        if unacked and not self._poll_pending:
+            # Some servers answer <r/> with what is durable so far and never say when the rest
             # is: ask again shortly, so an ack's latency is known to within this delay.
+            self._poll_pending = True
             asyncio.get_running_loop().call_later(ACK_POLL_S, self._request_ack)
 
     def _request_ack(self) -> None:
+        self._poll_pending = False
         if self.bound and not self.closed and self.unacked:
             self.transport.write(f"<r xmlns='{SM_NS}'/>".encode())

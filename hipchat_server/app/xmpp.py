@@ -27,6 +27,7 @@ from hipchat_server.server import ChatServer
 from hipchat_server.presence import PresenceService
 from hipchat_server.storage.offline import OfflineStore
 from hipchat_server.storage.presence import PresenceStore
+from hipchat_server.storage.publisher import OrderedPublisher
 from hipchat_server.storage.roster import RosterStore
 from hipchat_server.storage.sessions import SessionDirectory
 from hipchat_server.storage.vcards import VCardStore
@@ -43,6 +44,8 @@ log = logging.getLogger("hipchat.xmpp")
 LISTEN_BACKLOG = 4096  # a reconnect storm arrives all at once; the kernel queues what the throttle holds back
 # Logins (TLS handshake, SASL, bind) in progress per front end before it stops accepting for a moment.
 MAX_LOGINS_IN_PROGRESS = 200
+# Seconds a stopping front end waits for ended sessions' unacknowledged messages to be stored.
+SHUTDOWN_DRAIN_SECONDS = 10.0
 
 
 def reuse_port_socket(address: str, port: int) -> socket.socket:
@@ -83,9 +86,12 @@ def build_factories(chat_server: ChatServer, tls_options, directory: SessionDire
         sessions=sessions,
         auth_limiter=AuthFailureLimiter(config.xmpp.auth_failures_per_minute, 60.0),
         max_sessions_per_user=config.xmpp.max_sessions_per_user,
+        sm_resume_timeout=config.xmpp.sm_resume_timeout,
+        sm_max_unacked=config.xmpp.sm_max_unacked,
     )
     engine = chat_server.get_database_engine()
-    router = ClusterRouter(domain, sessions, directory, offline_store=OfflineStore(engine))
+    publisher = OrderedPublisher(chat_server.get_redis_primary)
+    router = ClusterRouter(domain, sessions, directory, offline_store=OfflineStore(engine), publisher=publisher)
     router.presence = PresenceService(
         domain, RosterStore(engine), PresenceStore(chat_server.get_redis_primary()), router
     )
@@ -112,11 +118,17 @@ def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirec
     another front end).
     """
     starttls, direct = build_factories(chat_server, tls_options, directory)
+    starttls.router.publisher.start()
     DeliveryListener(chat_server.get_redis_primary, directory.channel, starttls.router.deliver_published).start()
-    sessions = starttls.sessions
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", lambda: [c.send_stream_error("system-shutdown") for c in sessions.connections()]
-    )
+    sessions, router = starttls.sessions, starttls.router
+
+    def stopping():
+        for connection in sessions.connections():
+            connection.send_stream_error("system-shutdown")
+        # Sessions ending now hand their unacknowledged messages to offline storage: wait for that.
+        return router.drain(SHUTDOWN_DRAIN_SECONDS)
+
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
     return starttls, direct
 
 

@@ -65,10 +65,15 @@ class SessionDirectory:
     def channel(self) -> str:
         return DELIVERY_CHANNEL.format(frontend=self.frontend_id)
 
+    @staticmethod
+    def channel_of(frontend_id: str) -> str:
+        """The channel front end ``frontend_id`` listens on."""
+        return DELIVERY_CHANNEL.format(frontend=frontend_id)
+
     def add(self, bare: str, resource: str) -> None:
         pipe = self.redis.pipeline()
         pipe.hset(SESSIONS_KEY.format(bare=bare), resource, self.frontend_id)
-        pipe.srem(CARBONS_KEY.format(bare=bare), resource)  # a new session starts with carbons off
+        # Carbons stay as they are: a session resumed here (XEP-0198) keeps them; an ended one cleared them.
         pipe.sadd(FRONTEND_KEY.format(frontend=self.frontend_id), f"{bare}/{resource}")
         pipe.execute()
 

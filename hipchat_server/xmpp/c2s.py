@@ -414,7 +414,8 @@ class ClientConnection(XmppStreamProtocol):
                 return self.send(sm.failed("unexpected-request"))
             raise StreamError("unsupported-stanza-type", f"<{element.name}/> is not a Stream Management element")
         if element.name == "r":
-            return self.send(sm.ack(self.sm.handled))
+            self.sm.handled_so_far().addCallback(self._answer_ack_request)
+            return None
         if element.name == "a":
             return self._acknowledged(element)
         raise StreamError("unsupported-stanza-type", f"<{element.name}/> is not a Stream Management element")
@@ -432,6 +433,10 @@ class ClientConnection(XmppStreamProtocol):
         else:
             self.sm = StreamState()
         self.send(sm.enabled(self.sm.id, self.sm.max_seconds))
+
+    def _answer_ack_request(self, h: int) -> None:
+        if not self._gone:
+            self.send(sm.ack(h))
 
     def _acknowledged(self, element: domish.Element) -> None:
         h = sm.parse_h(element)

@@ -163,6 +163,9 @@ class StreamState:
         self.handled = 0
         self._pending: collections.deque[list[bool]] = collections.deque()
         self._settled_waiters: list[defer.Deferred] = []
+        # Answers to <r/> waiting for the stanzas received before it: (count of stanzas handled needed, Deferred).
+        self._received_total = self._handled_total = 0
+        self._ack_waiters: collections.deque[tuple[int, defer.Deferred]] = collections.deque()
         # Outbound: stanzas sent to the client, kept until acknowledged.
         self.sent = 0
         self.acked = 0
@@ -177,6 +180,7 @@ class StreamState:
         """Note a stanza from the client; call what this returns when it is durable."""
         slot = [False]
         self._pending.append(slot)
+        self._received_total += 1
 
         def done(*_):
             slot[0] = True
@@ -188,6 +192,9 @@ class StreamState:
         while self._pending and self._pending[0][0]:
             self._pending.popleft()
             self.handled = (self.handled + 1) % MAX_SEQ
+            self._handled_total += 1
+        while self._ack_waiters and (self._ack_waiters[0][0] <= self._handled_total or not self._pending):
+            self._ack_waiters.popleft()[1].callback(self.handled)
         if not self._pending:
             waiters, self._settled_waiters = self._settled_waiters, []
             for d in waiters:
@@ -197,6 +204,19 @@ class StreamState:
         """Forget stanzas still in flight on a stream that was left: the client resends what ``handled`` does not count."""
         self._pending = collections.deque()
         self._advance()
+
+    def handled_so_far(self) -> defer.Deferred:
+        """Fires with ``h`` once every stanza received until now is handled: the answer to an ``<r/>``.
+
+        Answering at once would acknowledge less than the client sent before
+        asking, and it would have to ask again; answering when those stanzas
+        are durable is exactly what it wants to know.
+        """
+        if not self._pending:
+            return defer.succeed(self.handled)
+        d = defer.Deferred()
+        self._ack_waiters.append((self._received_total, d))
+        return d
 
     @property
     def in_flight(self) -> int:

@@ -107,14 +107,14 @@ def test_two_users_on_different_front_ends_chat_both_ways_in_order(config, endpo
     run(scenario())
 
 
-def test_message_to_a_user_with_no_session_is_refused(endpoint, alice, bob):
-    """A chat message to a user who is not connected comes back as service-unavailable (no offline storage yet)."""
+def test_message_to_an_unknown_user_is_refused(endpoint, alice, prefix):
+    """A chat message to a user who does not exist comes back as service-unavailable (nothing is stored)."""
 
     async def scenario():
         sender, ok = await login(endpoint, alice)
         assert ok
         try:
-            sender.send_message(mto=f"{bob}@{endpoint.domain}", mbody="anyone?", mtype="chat")
+            sender.send_message(mto=f"{prefix}nobody@{endpoint.domain}", mbody="anyone?", mtype="chat")
             message = await asyncio.wait_for(sender.received.get(), TIMEOUT)
             assert message["type"] == "error"
             assert message["error"]["condition"] == "service-unavailable"

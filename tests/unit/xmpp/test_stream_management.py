@@ -250,18 +250,35 @@ def test_ack_request_before_enable_is_an_unexpected_request(factory):
 
 # Acks wait for durability.
 def test_stanzas_are_acked_only_once_durable_and_in_order(factory, router):
-    """<a h/> counts a stanza only after the router's Deferred fired, and never before an earlier one."""
+    """<r/> is answered once every stanza sent before it is durable: never counting one before an earlier one."""
     client, _ = enabled_client(factory, resume=False)
     for n in range(3):
         client.send(f"<message to='bob@{DOMAIN}' type='chat' id='m{n}'><body>{n}</body></message>")
     durable = [d for _, _, d in router.routed]
-    assert ack_count(client.send(f"<r xmlns='{SM}'/>")) == 0
+    assert client.send(f"<r xmlns='{SM}'/>") == ""  # nothing durable yet: the answer waits
+    client.transport.clear()
     durable[1].callback(None)
-    assert ack_count(client.send(f"<r xmlns='{SM}'/>")) == 0  # stanza 0 is not durable yet
     durable[0].callback(None)
-    assert ack_count(client.send(f"<r xmlns='{SM}'/>")) == 2
+    assert client.transport.value() == b""  # stanza 2 is still in flight
     durable[2].callback(None)
-    assert ack_count(client.send(f"<r xmlns='{SM}'/>")) == 3
+    assert ack_count(client.transport.value().decode()) == 3
+    assert ack_count(client.send(f"<r xmlns='{SM}'/>")) == 3  # nothing in flight: answered at once
+
+
+def test_each_ack_request_is_answered_with_what_preceded_it(factory, router):
+    """Two <r/> with stanzas between them get two answers, each counting what was sent before it."""
+    client, _ = enabled_client(factory, resume=False)
+    client.send(f"<message to='bob@{DOMAIN}' type='chat' id='m0'><body>0</body></message>")
+    client.send(f"<r xmlns='{SM}'/>")
+    client.send(f"<message to='bob@{DOMAIN}' type='chat' id='m1'><body>1</body></message>")
+    client.send(f"<r xmlns='{SM}'/>")
+    client.transport.clear()
+    first, second = [d for _, _, d in router.routed]
+    first.callback(None)
+    assert ack_count(client.transport.value().decode()) == 1
+    client.transport.clear()
+    second.callback(None)
+    assert ack_count(client.transport.value().decode()) == 2
 
 
 def test_refused_stanzas_count_as_handled(factory, router):

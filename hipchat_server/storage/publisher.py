@@ -1,0 +1,86 @@
+"""Publishing on Redis channels from one thread: in the order asked, many messages per round trip.
+
+Routing publishes a stanza for every message to a session on another front
+end. From a thread pool, two publishes of one sender can overtake each other
+(and a message 2 arrive before message 1); one thread keeps the order, and
+pipelining what queued up while the last round trip ran keeps it fast.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+MAX_BATCH = 500
+RETRY_SECONDS = 0.2
+
+
+class OrderedPublisher:
+    """``publish(channel, payload)`` returns a Deferred of the receiver count, fired on the reactor thread."""
+
+    log = Logger()
+
+    def __init__(self, redis_primary_factory, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.redis_primary_factory = redis_primary_factory
+        self.reactor = reactor
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopping = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="redis-publisher", daemon=True).start()
+        self.reactor.addSystemEventTrigger("after", "shutdown", self._stop)
+
+    def publish(self, channel: str, payload: str) -> defer.Deferred:
+        d = defer.Deferred()
+        self._queue.put((channel, payload, d))
+        return d
+
+    def _stop(self) -> None:
+        self._stopping = True
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        redis = None
+        while not self._stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._stopping = True
+                    break
+                batch.append(item)
+            try:
+                redis = redis or self.redis_primary_factory()
+                pipe = redis.pipeline(transaction=False)
+                for channel, payload, _ in batch:
+                    pipe.publish(channel, payload)
+                results = pipe.execute()
+            except Exception as e:  # Redis restarting or failing over: these fail, later ones retry
+                self.reactor.callFromThread(self._fail, batch, Failure(e))
+                redis = None
+                time.sleep(RETRY_SECONDS)
+                continue
+            self.reactor.callFromThread(self._settle, batch, results)
+
+    @staticmethod
+    def _settle(batch, results) -> None:
+        for (_, _, d), receivers in zip(batch, results):
+            d.callback(receivers)
+
+    @staticmethod
+    def _fail(batch, failure: Failure) -> None:
+        for _, _, d in batch:
+            d.errback(failure)
