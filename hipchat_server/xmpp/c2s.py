@@ -30,6 +30,7 @@ from twisted.internet import defer, protocol, threads
 from twisted.words.xish import domish
 
 from hipchat_server.xmpp import bind, tls
+from hipchat_server.xmpp import caps
 from hipchat_server.xmpp import stream_management as sm
 from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
 from hipchat_server.xmpp.errors import STREAM_NS, StreamError, stanza_error_reply, stream_error_element
@@ -276,7 +277,8 @@ class ClientConnection(XmppStreamProtocol):
         if not self.authenticated:
             return stream_features(sasl_mechanisms(self.factory.sasl_server.mechanisms(tls_active=True)))
         if self.jid is None:
-            return stream_features(resource_binding(), optional_session(), stream_management())
+            # The server's capabilities (XEP-0115) let a client skip its disco#info when the ver is known.
+            return stream_features(resource_binding(), optional_session(), stream_management(), caps.server_caps_element())
         return stream_features()
 
     def _before_tls(self, element: domish.Element) -> None:
