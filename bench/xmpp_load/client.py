@@ -85,7 +85,7 @@ class Client(asyncio.Protocol):
 
     __slots__ = (
         "index", "username", "resource", "options", "tally", "transport", "splitter", "_pending", "_waiter",
-        "bound", "closed", "sm", "in_count", "out_count", "unacked", "seq", "peer", "sender_id",
+        "bound", "closed", "sm", "in_count", "out_count", "unacked", "_poll_pending", "seq", "peer", "sender_id",
     )
 
     def __init__(self, index: int, username: str, options: Options, tally: Tally):
