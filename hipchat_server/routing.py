@@ -102,11 +102,15 @@ class ClusterRouter(EchoLessRouter):
         *,
         offline_store=None,
         publisher=None,
+        run_database=None,
         clock=None,
     ):
         super().__init__(domain, sessions)
         self.directory = directory
+        # Redis calls (fast, on every message) and MariaDB calls (slower, at logins) run in separate
+        # thread pools, so a burst of logins never queues the routing of messages behind it.
         self.run_blocking = run_blocking
+        self.run_database = run_database or run_blocking
         self.offline_store = offline_store
         self.publisher = publisher  # a storage.publisher.OrderedPublisher; None publishes from the thread pool
         self.presence = None
@@ -374,7 +378,7 @@ class ClusterRouter(EchoLessRouter):
         if self.offline_store is None:
             return "service-unavailable"
         xml = message.toXml(defaultUri=CLIENT_NS)
-        outcome = yield self.run_blocking(self.offline_store.store, bare.localpart, message.getAttribute("from", ""), xml)
+        outcome = yield self.run_database(self.offline_store.store, bare.localpart, message.getAttribute("from", ""), xml)
         if outcome == "stored":
             return "stored"
         if outcome == "full":
@@ -401,7 +405,7 @@ class ClusterRouter(EchoLessRouter):
             return
         jid = connection.jid
         while True:
-            stored = yield self.run_blocking(self.offline_store.pending, jid.localpart)
+            stored = yield self.run_database(self.offline_store.pending, jid.localpart)
             if not stored or self.sessions.get(jid) is not connection:
                 return
             for item in stored:
@@ -410,7 +414,7 @@ class ClusterRouter(EchoLessRouter):
                 add_delay(stanza, item.stored_at, self.domain.full(), "Offline Storage")
                 connection.deliver(stanza)
             # Written to the stream: now they may go (a crash before this delivers them again).
-            yield self.run_blocking(self.offline_store.remove, [item.id for item in stored])
+            yield self.run_database(self.offline_store.remove, [item.id for item in stored])
             self.log.info("delivered {n} offline messages to {jid}", n=len(stored), jid=jid)
 
     @defer.inlineCallbacks

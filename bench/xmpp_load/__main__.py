@@ -59,6 +59,8 @@ def add_scenarios(sub) -> None:
     p.add_argument("--rate", type=float, default=200.0, help="messages per second, all pairs together")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--drain", type=float, default=10.0, help="seconds to wait for late messages and acks")
+    p.add_argument("--settle", type=float, default=3.0,
+                   help="seconds between the last login and the first message (the logins' presence and roster work ends)")
     p = sub.add_parser("storm", help="drop M connections at once; all reconnect within --spread seconds")
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--spread", type=float, default=1.0)
@@ -91,7 +93,7 @@ def run(server: str, args) -> dict:
         if args.scenario == "hold":
             return scenarios.hold(pool, target, args.sessions, args.concurrency, args.settle)
         if args.scenario == "chat":
-            return scenarios.chat(pool, target, args.pairs, args.rate, args.duration, args.drain)
+            return scenarios.chat(pool, target, args.pairs, args.rate, args.duration, args.drain, settle=args.settle)
         return scenarios.storm(pool, target, args.clients, args.spread, args.deadline, args.senders,
                                args.send_rate, args.send_seconds, args.drain)
     finally:

@@ -140,14 +140,19 @@ def hold(pool: WorkerPool, target: Target, sessions: int, concurrency: int = 400
 
 
 def chat(pool: WorkerPool, target: Target, pairs: int, rate: float, duration: float, drain: float = 10.0,
-         concurrency: int = 200) -> dict:
-    """``pairs`` pairs chat both ways at ``rate`` messages/s in total for ``duration`` seconds."""
+         concurrency: int = 200, settle: float = 3.0) -> dict:
+    """``pairs`` pairs chat both ways at ``rate`` messages/s in total for ``duration`` seconds.
+
+    Sending starts ``settle`` seconds after the last login, so the figures are those of steady
+    chat, not of the logins' own presence and roster work (hold and storm measure logins).
+    """
     notes = []
     pair_ids = [(2 * k + 1, 2 * k + 2) for k in range(pairs)]
     shares = split(pair_ids, len(pool))
     login = _login(pool, [i for p in pair_ids for i in p], concurrency)
     if login["gave_up"]:
         notes.append(f"{login['gave_up']} clients could not log in: {login['failures']}")
+    time.sleep(settle)
     _collect(pool, since_ns=time.monotonic_ns())
     sends = []
     for share in shares:

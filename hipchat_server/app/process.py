@@ -23,3 +23,37 @@ def drop_privileges(user: str) -> None:
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
     os.environ["HOME"] = entry.pw_dir
+
+
+class GarbageCollectionWatch:
+    """Logs every garbage collection that paused the process longer than ``warn_seconds``.
+
+    A chat process allocates an element tree per stanza; a full collection of
+    a large heap stops every stream at once, which shows as a latency spike.
+    """
+
+    def __init__(self, warn_seconds: float = 0.05):
+        import time
+
+        self.warn_seconds = warn_seconds
+        self._clock = time.perf_counter
+        self._started = 0.0
+        self.log = logging.getLogger("hipchat.gc")
+
+    def install(self) -> None:
+        import gc
+
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = self._clock()
+            return
+        paused = self._clock() - self._started
+        if paused >= self.warn_seconds:
+            self.log.warning(
+                "garbage collection of generation %d paused the process %.0f ms (%d collected)",
+                info.get("generation", -1),
+                paused * 1000,
+                info.get("collected", 0),
+            )

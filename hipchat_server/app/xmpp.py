@@ -16,11 +16,12 @@ import os
 import socket
 import sys
 
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
+from twisted.python.threadpool import ThreadPool
 from twisted.logger import STDLibLogObserver, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from hipchat_server.app.process import drop_privileges, setup_logging
+from hipchat_server.app.process import GarbageCollectionWatch, drop_privileges, setup_logging
 from hipchat_server.config import Config, ConfigError, load_config
 from hipchat_server.routing import ClusterRouter, DeliveryListener
 from hipchat_server.server import ChatServer
@@ -46,6 +47,7 @@ LISTEN_BACKLOG = 4096  # a reconnect storm arrives all at once; the kernel queue
 MAX_LOGINS_IN_PROGRESS = 200
 # Seconds a stopping front end waits for ended sessions' unacknowledged messages to be stored.
 SHUTDOWN_DRAIN_SECONDS = 10.0
+REDIS_THREADS = 8
 
 
 def reuse_port_socket(address: str, port: int) -> socket.socket:
@@ -69,8 +71,26 @@ def frontend_id() -> str:
     return f"{socket.gethostname()}:{os.environ.get('SUPERVISOR_PROCESS_NAME', os.getpid())}"
 
 
-def build_factories(chat_server: ChatServer, tls_options, directory: SessionDirectory) -> tuple[ClientFactory, ClientFactory]:
-    """The factories of the STARTTLS port and of the direct-TLS port, sharing sessions and limits."""
+def start_redis_thread_pool() -> ThreadPool:
+    """The threads that run the session directory's Redis calls, apart from the reactor's pool (MariaDB)."""
+    pool = ThreadPool(minthreads=2, maxthreads=REDIS_THREADS, name="redis")
+    pool.start()
+    reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
+    return pool
+
+
+def run_in_pool(pool: ThreadPool):
+    """A ``run_blocking(f, *args)`` that runs ``f`` in ``pool`` and returns a Deferred of its result."""
+    return lambda f, *args: threads.deferToThreadPool(reactor, pool, f, *args)
+
+
+def build_factories(
+    chat_server: ChatServer, tls_options, directory: SessionDirectory, redis_pool: ThreadPool | None = None
+) -> tuple[ClientFactory, ClientFactory]:
+    """The factories of the STARTTLS port and of the direct-TLS port, sharing sessions and limits.
+
+    Session-directory calls run in ``redis_pool`` (the reactor's pool when None).
+    """
     from hipchat_server.storage.users import UserStore
     from hipchat_server.users import UserCredentials
 
@@ -91,11 +111,19 @@ def build_factories(chat_server: ChatServer, tls_options, directory: SessionDire
     )
     engine = chat_server.get_database_engine()
     publisher = OrderedPublisher(chat_server.get_redis_primary)
-    router = ClusterRouter(domain, sessions, directory, offline_store=OfflineStore(engine), publisher=publisher)
-    router.presence = PresenceService(
-        domain, RosterStore(engine), PresenceStore(chat_server.get_redis_primary()), router
+    router = ClusterRouter(
+        domain,
+        sessions,
+        directory,
+        run_blocking=run_in_pool(redis_pool) if redis_pool is not None else threads.deferToThread,
+        run_database=threads.deferToThread,
+        offline_store=OfflineStore(engine),
+        publisher=publisher,
     )
-    VCardService(VCardStore(engine), router.run_blocking).register(router)
+    router.presence = PresenceService(
+        domain, RosterStore(engine), PresenceStore(chat_server.get_redis_primary()), router, threads.deferToThread
+    )
+    VCardService(VCardStore(engine), threads.deferToThread).register(router)
     starttls = ClientFactory(domain, sasl_server, router, tls_options, **shared)
     direct = ClientFactory(domain, sasl_server, router, tls_options, direct_tls=True, **shared)
     return starttls, direct
@@ -117,7 +145,7 @@ def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirec
     and on stop tells each client why its stream ends, so it reconnects (to
     another front end).
     """
-    starttls, direct = build_factories(chat_server, tls_options, directory)
+    starttls, direct = build_factories(chat_server, tls_options, directory, start_redis_thread_pool())
     starttls.router.publisher.start()
     DeliveryListener(chat_server.get_redis_primary, directory.channel, starttls.router.deliver_published).start()
     sessions, router = starttls.sessions, starttls.router
@@ -145,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="configuration file (default /etc/hipchat/hipchat.yml)")
     args = parser.parse_args(argv)
     setup_logging()
+    GarbageCollectionWatch().install()
     globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
     try:
         config = load_config(args.config)
