@@ -43,9 +43,8 @@ from hipchat_server.xmpp.presence import (
     presence_element,
     presence_kind,
     priority,
-    stanza_from_xml,
-    stanza_to_xml,
 )
+from hipchat_server.xmpp.stanzas import stanza_from_xml, stanza_to_xml
 from hipchat_server.xmpp.roster import (
     RosterError,
     RosterItem,

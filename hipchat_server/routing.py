@@ -42,7 +42,7 @@ from hipchat_server.xmpp.delay import add_delay
 from hipchat_server.xmpp.errors import stanza_error_reply
 from hipchat_server.xmpp.jid import JID, parse_jid
 from hipchat_server.xmpp.local_routing import EchoLessRouter
-from hipchat_server.xmpp.stanzas import iq_result
+from hipchat_server.xmpp.stanzas import iq_result, stanza_from_xml
 from hipchat_server.xmpp.xml_parser import CLIENT_NS
 
 # Message types answered with an error when nobody can receive them (RFC 6121 8.5.2 and 8.5.3).
@@ -54,17 +54,6 @@ CONFIRM_TIMEOUT = 3.0
 ROSTER_NS = "jabber:iq:roster"
 
 IqHandler = Callable[..., "defer.Deferred | None"]
-
-
-def parse_stanza(xml: str) -> domish.Element:
-    """One serialized stanza (as queued or published) back into an element."""
-    parsed: list[domish.Element] = []
-    stream = domish.elementStream()
-    stream.DocumentStartEvent = lambda root: None
-    stream.ElementEvent = parsed.append
-    stream.DocumentEndEvent = lambda: None
-    stream.parse(f"<stream xmlns='{CLIENT_NS}'>".encode() + xml.encode() + b"</stream>")
-    return parsed[0]
 
 
 class _Lane:
@@ -409,7 +398,7 @@ class ClusterRouter(EchoLessRouter):
             if not stored or self.sessions.get(jid) is not connection:
                 return
             for item in stored:
-                stanza = parse_stanza(item.stanza)
+                stanza = stanza_from_xml(item.stanza)
                 stanza["to"] = jid.full()
                 add_delay(stanza, item.stored_at, self.domain.full(), "Offline Storage")
                 connection.deliver(stanza)
@@ -419,7 +408,7 @@ class ClusterRouter(EchoLessRouter):
 
     @defer.inlineCallbacks
     def _reroute(self, gone: JID, xml: str):
-        stanza = parse_stanza(xml)
+        stanza = stanza_from_xml(xml)
         if stanza.name == "message":
             if stanza.getAttribute("type", "normal") not in STORED_MESSAGE_TYPES or stanza.getAttribute("from") is None:
                 return

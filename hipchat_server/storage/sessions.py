@@ -81,11 +81,7 @@ class SessionDirectory:
         key = SESSIONS_KEY.format(bare=bare)
         # Only our own entry: the same resource may have re-bound on another front end.
         if _decode(self.redis.hget(key, resource)) == self.frontend_id:
-            pipe = self.redis.pipeline()
-            pipe.hdel(key, resource)
-            pipe.srem(CARBONS_KEY.format(bare=bare), resource)
-            pipe.hdel(PRESENCE_KEY.format(bare=bare), resource)
-            pipe.execute()
+            self._forget_session(bare, resource)
         self.redis.srem(FRONTEND_KEY.format(frontend=self.frontend_id), f"{bare}/{resource}")
 
     def resources(self, bare: str) -> dict[str, str]:
@@ -122,14 +118,18 @@ class SessionDirectory:
             bare, _, resource = _decode(entry).partition("/")
             key = SESSIONS_KEY.format(bare=bare)
             if _decode(self.redis.hget(key, resource)) == self.frontend_id:
-                pipe = self.redis.pipeline()
-                pipe.hdel(key, resource)
-                pipe.srem(CARBONS_KEY.format(bare=bare), resource)
-                pipe.hdel(PRESENCE_KEY.format(bare=bare), resource)
-                pipe.execute()
+                self._forget_session(bare, resource)
                 cleared += 1
         self.redis.delete(own)
         return cleared
+
+    def _forget_session(self, bare: str, resource: str) -> None:
+        """Remove a session's entry, carbons flag and available presence in one round trip."""
+        pipe = self.redis.pipeline()
+        pipe.hdel(SESSIONS_KEY.format(bare=bare), resource)
+        pipe.srem(CARBONS_KEY.format(bare=bare), resource)
+        pipe.hdel(PRESENCE_KEY.format(bare=bare), resource)
+        pipe.execute()
 
     def publish(self, frontend_id: str, payload: str) -> int:
         """Send ``payload`` to front end ``frontend_id``; return how many subscribers got it."""

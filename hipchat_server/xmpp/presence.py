@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from twisted.words.xish import domish
 
-from hipchat_server.xmpp.xml_parser import CLIENT_NS, StreamLimits, StreamParser
+from hipchat_server.xmpp.xml_parser import CLIENT_NS
 
 SUBSCRIPTION_KINDS = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
 #: Every presence kind; "available" is a presence without a type.
@@ -27,11 +27,6 @@ SUBSCRIPTIONS = ("none", "to", "from", "both")
 #: RFC 6121 4.7.2.3: a priority is an integer from -128 to 127; no priority means 0.
 MIN_PRIORITY, MAX_PRIORITY = -128, 127
 _INTEGER = re.compile(r"[+-]?[0-9]{1,4}")
-
-_STREAM_OPEN = (
-    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
-)
-
 
 class PresenceError(Exception):
     """The presence stanza is refused with the stanza error ``condition``."""
@@ -98,21 +93,6 @@ def copy_stanza(stanza: domish.Element, **attributes: str | None) -> domish.Elem
         else:
             copied[name] = value
     return copied
-
-
-def stanza_to_xml(stanza: domish.Element) -> str:
-    """``stanza`` as text in the client namespace, to keep in Redis or MariaDB."""
-    return stanza.toXml(defaultUri=CLIENT_NS)
-
-
-def stanza_from_xml(xml: str) -> domish.Element:
-    """Parse one stanza kept as text by `stanza_to_xml` (with the stream parser's limits)."""
-    found: list[domish.Element] = []
-    parser = StreamParser(StreamLimits(), StreamLimits().max_stanza_size, lambda attrs: None, found.append, lambda: None)
-    parser.feed(_STREAM_OPEN + xml.encode("utf-8"))
-    if len(found) != 1:
-        raise ValueError("not exactly one stanza")
-    return found[0]
 
 
 @dataclass(frozen=True)

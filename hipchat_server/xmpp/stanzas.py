@@ -12,7 +12,7 @@ from twisted.words.xish import domish
 
 from hipchat_server.xmpp.errors import StreamError, stanza_error_reply
 from hipchat_server.xmpp.jid import JID, InvalidJID, parse_jid
-from hipchat_server.xmpp.xml_parser import CLIENT_NS
+from hipchat_server.xmpp.xml_parser import CLIENT_NS, StreamLimits, StreamParser
 
 STANZA_NAMES = frozenset({"message", "presence", "iq"})
 IQ_TYPES = frozenset({"get", "set", "result", "error"})
@@ -74,3 +74,21 @@ def iq_result(iq: domish.Element, child: domish.Element | None = None) -> domish
     if child is not None:
         reply.addChild(child)
     return reply
+
+
+_STREAM_OPEN = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+
+
+def stanza_to_xml(stanza: domish.Element) -> str:
+    """``stanza`` as text in the client namespace, to keep in Redis or MariaDB."""
+    return stanza.toXml(defaultUri=CLIENT_NS)
+
+
+def stanza_from_xml(xml: str) -> domish.Element:
+    """Parse one stanza kept as text by `stanza_to_xml` (with the stream parser's limits)."""
+    found: list[domish.Element] = []
+    parser = StreamParser(StreamLimits(), StreamLimits().max_stanza_size, lambda attrs: None, found.append, lambda: None)
+    parser.feed(_STREAM_OPEN + xml.encode("utf-8"))
+    if len(found) != 1:
+        raise ValueError("not exactly one stanza")
+    return found[0]

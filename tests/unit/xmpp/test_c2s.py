@@ -66,8 +66,11 @@ def clock():
     return task.Clock()
 
 
-@pytest.fixture
-def factory(clock):
+def make_client_factory(clock, router=None, tls_options=TLS_OPTIONS, **options) -> ClientFactory:
+    """A ClientFactory for alice and bob (passwords wonderland, builder99) with inline blocking calls.
+
+    Without ``router`` the streams of one process reach each other (EchoLessRouter).
+    """
     credentials = FakeCredentials()
     credentials.add("alice", "wonderland")
     credentials.add("bob", "builder99")
@@ -75,14 +78,20 @@ def factory(clock):
     return ClientFactory(
         DOMAIN,
         SaslServer(credentials, DOMAIN, fake_salt_secret=b"s" * 32),
-        EchoLessRouter(DOMAIN, sessions),
-        TLS_OPTIONS,
+        router if router is not None else EchoLessRouter(DOMAIN, sessions),
+        tls_options,
         sessions=sessions,
         auth_limiter=AuthFailureLimiter(5, 60.0, clock=clock),
         limits=StreamLimits(rate_bytes_per_second=None),
         clock=clock,
         run_blocking=lambda f, *args: defer.maybeDeferred(f, *args),
+        **options,
     )
+
+
+@pytest.fixture
+def factory(clock):
+    return make_client_factory(clock)
 
 
 class Client:

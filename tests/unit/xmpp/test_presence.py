@@ -13,9 +13,8 @@ from hipchat_server.xmpp.presence import (
     outbound,
     presence_kind,
     priority,
-    stanza_from_xml,
-    stanza_to_xml,
 )
+from hipchat_server.xmpp.stanzas import stanza_from_xml, stanza_to_xml
 
 STATES = [
     "None",

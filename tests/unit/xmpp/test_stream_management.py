@@ -15,12 +15,8 @@ from twisted.internet import defer, task
 from twisted.words.xish import domish
 
 from hipchat_server.xmpp import stream_management as sm
-from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
-from hipchat_server.xmpp.bind import SessionTable
 from hipchat_server.xmpp.c2s import ClientFactory
-from hipchat_server.xmpp.sasl import SaslServer
-from hipchat_server.xmpp.xml_parser import StreamLimits
-from tests.unit.xmpp.test_c2s import DOMAIN, HEADER, TLS_OPTIONS, Client, FakeCredentials
+from tests.unit.xmpp.test_c2s import DOMAIN, HEADER, Client, make_client_factory
 
 SM = "urn:xmpp:sm:3"
 
@@ -79,23 +75,7 @@ class FakeRouter:
 
 
 def make_factory(clock, router: FakeRouter) -> ClientFactory:
-    credentials = FakeCredentials()
-    credentials.add("alice", "wonderland")
-    credentials.add("bob", "builder99")
-    sessions = SessionTable()
-    return ClientFactory(
-        DOMAIN,
-        SaslServer(credentials, DOMAIN, fake_salt_secret=b"s" * 32),
-        router,
-        TLS_OPTIONS,
-        sessions=sessions,
-        auth_limiter=AuthFailureLimiter(5, 60.0, clock=clock),
-        limits=StreamLimits(rate_bytes_per_second=None),
-        clock=clock,
-        run_blocking=lambda f, *args: defer.maybeDeferred(f, *args),
-        sm_resume_timeout=300,
-        sm_max_unacked=20,
-    )
+    return make_client_factory(clock, router, sm_resume_timeout=300, sm_max_unacked=20)
 
 
 @pytest.fixture

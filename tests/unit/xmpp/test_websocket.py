@@ -11,12 +11,8 @@ from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
-from hipchat_server.xmpp.bind import SessionTable
 from hipchat_server.xmpp.c2s import ClientFactory
 from hipchat_server.xmpp.errors import StreamError
-from hipchat_server.xmpp.local_routing import EchoLessRouter
-from hipchat_server.xmpp.sasl import SaslServer
 from hipchat_server.xmpp.websocket import (
     MessageTransport,
     WebSocketClientConnection,
@@ -25,7 +21,7 @@ from hipchat_server.xmpp.websocket import (
     with_content_namespace,
 )
 from hipchat_server.xmpp.xml_parser import StreamLimits
-from tests.unit.xmpp.test_c2s import FakeCredentials
+from tests.unit.xmpp.test_c2s import make_client_factory
 
 DOMAIN = "chat.example.com"
 FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
@@ -41,22 +37,7 @@ def clock():
 
 @pytest.fixture
 def factory(clock):
-    credentials = FakeCredentials()
-    credentials.add("alice", "wonderland")
-    credentials.add("bob", "builder99")
-    sessions = SessionTable()
-    return ClientFactory(
-        DOMAIN,
-        SaslServer(credentials, DOMAIN, fake_salt_secret=b"s" * 32),
-        EchoLessRouter(DOMAIN, sessions),
-        None,
-        direct_tls=True,
-        sessions=sessions,
-        auth_limiter=AuthFailureLimiter(5, 60.0, clock=clock),
-        limits=StreamLimits(rate_bytes_per_second=None),
-        clock=clock,
-        run_blocking=lambda f, *args: defer.maybeDeferred(f, *args),
-    )
+    return make_client_factory(clock, tls_options=None, direct_tls=True)
 
 
 class FakeWebSocket:
