@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 from twisted.internet import reactor, threads
 from twisted.python.threadpool import ThreadPool
@@ -48,6 +49,8 @@ MAX_LOGINS_IN_PROGRESS = 200
 # Seconds a stopping front end waits for ended sessions' unacknowledged messages to be stored.
 SHUTDOWN_DRAIN_SECONDS = 10.0
 REDIS_THREADS = 8
+# At start (after a reboot, or with the whole appliance) Redis may come up after the front ends.
+REDIS_START_WAIT_SECONDS = 60.0
 
 
 def reuse_port_socket(address: str, port: int) -> socket.socket:
@@ -160,6 +163,22 @@ def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirec
     return starttls, direct
 
 
+def wait_for_session_directory(chat_server: ChatServer) -> SessionDirectory | None:
+    """`open_session_directory`, retried while Redis is still starting (or failing over); None if it never answers."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    deadline = time.monotonic() + REDIS_START_WAIT_SECONDS
+    while True:
+        try:
+            return open_session_directory(chat_server)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            if time.monotonic() >= deadline:
+                return None
+            log.warning("Redis is not answering yet (%s); trying again", e)
+            time.sleep(1.0)
+
+
 def listen(address: str, port: int, factory, throttle: LoginThrottle) -> None:
     """Serve ``factory`` on a SO_REUSEPORT socket shared with the other front ends, under the login throttle."""
     sock = reuse_port_socket(address, port)
@@ -184,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tls_options = server_tls_options(config.tls.certificate, config.tls.private_key)
         chat_server = ChatServer(config)
-        starttls, direct = start_frontend(chat_server, tls_options, open_session_directory(chat_server))
+        directory = wait_for_session_directory(chat_server)
+        if directory is None:
+            print(f"hipchat-xmpp: Redis did not answer for {REDIS_START_WAIT_SECONDS:.0f} s; is redis-primary running?", file=sys.stderr)
+            return 1
+        starttls, direct = start_frontend(chat_server, tls_options, directory)
         throttle = LoginThrottle(MAX_LOGINS_IN_PROGRESS)
         listen(xmpp.bind_address, xmpp.c2s_port, starttls, throttle)
         listen(xmpp.bind_address, xmpp.c2s_tls_port, TLSMemoryBIOFactory(tls_options, False, direct), throttle)
