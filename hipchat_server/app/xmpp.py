@@ -22,7 +22,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.logger import STDLibLogObserver, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from hipchat_server.app.process import GarbageCollectionWatch, drop_privileges, setup_logging
+from hipchat_server.app.process import GarbageCollectionWatch, drop_privileges, setup_logging, tune_garbage_collection
 from hipchat_server.config import Config, ConfigError, load_config
 from hipchat_server.routing import ClusterRouter, DeliveryListener
 from hipchat_server.server import ChatServer
@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hipchat-xmpp: cannot start: {e}", file=sys.stderr)
         return 1
     drop_privileges(config.server.user)  # a no-op under supervisor's `user =`
+    tune_garbage_collection()
     log.info(
         "serving XMPP clients on %s: %d (STARTTLS) and %d (direct TLS)",
         xmpp.bind_address,
