@@ -298,7 +298,6 @@ class ClusterRouter(EchoLessRouter):
     @defer.inlineCallbacks
     def _route_message(self, connection, message: domish.Element, target: JID, durable: defer.Deferred):
         """Route one message from a client; ``durable`` fires once it is delivered, stored or answered."""
-        settled = None
         try:
             bare, sender_bare = str(target.bare()), str(connection.jid.bare())
             recipient, sender = yield self.run_blocking(self.directory.lookup_many, [bare, sender_bare])
@@ -307,15 +306,27 @@ class ClusterRouter(EchoLessRouter):
             outcome, settled = yield self._route_to_user(message, target, sender=connection.jid, user=recipient)
             if outcome in ("stored", "delivered"):
                 self._send_carbons(connection, message, sender)
-            elif outcome is not None and message.getAttribute("type", "normal") in ANSWERED_MESSAGE_TYPES:
-                connection.deliver(stanza_error_reply(message, outcome))
-        finally:
-            # Routing is done (the sender's next stanza may go); durability may still wait for confirmations.
-            if settled is not None:
-                settled.addErrback(lambda f: self.log.failure("settling a delivery failed", f))
-                settled.addCallback(lambda _: None).chainDeferred(durable)
             else:
-                durable.callback(None)
+                self._answer_failed_delivery(outcome, connection, message)
+        except Exception:
+            # Redis or MariaDB failed: the message is neither delivered nor stored. The stream
+            # answers internal-server-error (and counts it for XEP-0198), so the sender knows.
+            self.log.failure("routing a message from {jid} failed", jid=connection.jid)
+            durable.errback()
+            return
+        # Routing is done (the sender's next stanza may go); durability may still wait for confirmations.
+        if settled is None:
+            durable.callback(None)
+            return
+        settled.addCallback(self._answer_failed_delivery, connection, message)
+        settled.chainDeferred(durable)
+
+    def _answer_failed_delivery(self, outcome: str | None, connection, message: domish.Element) -> None:
+        """Tell the sender when a message ended neither delivered nor stored (``outcome`` is the error)."""
+        if outcome in (None, "stored", "delivered"):
+            return
+        if message.getAttribute("type", "normal") in ANSWERED_MESSAGE_TYPES:
+            connection.deliver(stanza_error_reply(message, outcome))
 
     @defer.inlineCallbacks
     def _route_to_user(self, message: domish.Element, target: JID, sender: JID | None, user: UserSessions | None = None):

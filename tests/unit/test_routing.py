@@ -415,3 +415,31 @@ def test_disco_info_for_a_node_the_server_lacks_is_item_not_found():
     iq.firstChildElement()["node"] = "urn:example:nothing"
     router.stanza_from_client(alice, iq)
     assert error_condition(alice.delivered[0]) == "item-not-found"
+
+
+def test_a_message_that_cannot_be_stored_is_never_counted_durable():
+    """MariaDB down while storing offline: the Deferred fails (the stream answers internal-server-error), no ack."""
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+
+    def broken(*args):
+        raise ConnectionError("MariaDB is down")
+
+    router.offline_store.store = broken
+    durable = router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", "lost?"))
+    failures = []
+    durable.addErrback(failures.append)
+    assert len(failures) == 1 and failures[0].check(ConnectionError)
+
+
+def test_unconfirmed_message_whose_storage_is_full_is_answered_with_an_error():
+    """No front end confirmed and offline storage refuses: the sender gets service-unavailable, not silence."""
+    router, sessions, directory = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    directory.add(f"bob@{DOMAIN}", "phone", "fe-2")
+    router.offline_store.store = lambda *args: "full"
+    durable = router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", "too many"))
+    router.clock.advance(CONFIRM_TIMEOUT + 0.1)
+    assert fired(durable)
+    [error] = alice.delivered
+    assert error_condition(error) == "service-unavailable"
