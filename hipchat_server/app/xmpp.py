@@ -18,6 +18,7 @@ import sys
 import time
 
 from twisted.internet import reactor, threads
+from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 from twisted.logger import STDLibLogObserver, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -49,6 +50,7 @@ MAX_LOGINS_IN_PROGRESS = 200
 # Seconds a stopping front end waits for ended sessions' unacknowledged messages to be stored.
 SHUTDOWN_DRAIN_SECONDS = 10.0
 REDIS_THREADS = 8
+ACTIVITY_REPORT_SECONDS = 60.0
 # At start (after a reboot, or with the whole appliance) Redis may come up after the front ends.
 REDIS_START_WAIT_SECONDS = 60.0
 
@@ -160,7 +162,27 @@ def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirec
         return router.drain(SHUTDOWN_DRAIN_SECONDS)
 
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    LoopingCall(ActivityReport(sessions, (starttls, direct), router.frontend_id)).start(ACTIVITY_REPORT_SECONDS, now=False)
     return starttls, direct
+
+
+class ActivityReport:
+    """Logs, once a period, how many sessions a front end holds and how many logins it took meanwhile."""
+
+    def __init__(self, sessions: SessionTable, factories, frontend: str):
+        self.sessions, self.factories, self.frontend = sessions, factories, frontend
+        self._last_logins = 0
+
+    def __call__(self) -> None:
+        logins = sum(f.logins for f in self.factories)
+        log.info(
+            "%s: %d sessions, %d logins in the last %.0f s",
+            self.frontend,
+            len(self.sessions.connections()),
+            logins - self._last_logins,
+            ACTIVITY_REPORT_SECONDS,
+        )
+        self._last_logins = logins
 
 
 def wait_for_session_directory(chat_server: ChatServer) -> SessionDirectory | None:
