@@ -606,3 +606,52 @@ def test_no_error_reply_to_an_error_or_with_an_unknown_condition():
         stanza_error_reply(stanza, "no-such-condition")
     with pytest.raises(ValueError):
         stanza_error_reply(stanza, "bad-request", "sometimes")
+
+
+# Parking an idle stream's parser.
+def test_a_parked_parser_is_rebuilt_on_the_next_byte_and_the_stream_goes_on():
+    """Between stanzas the parser may be freed; the next stanza parses the same, and no new header is announced."""
+    stream, transport, _ = connect()
+    stream.set_authenticated()
+    stream.dataReceived(b"<message to='a@example.com'><body>one</body></message>")
+    assert stream.park_parser() and stream._parser is None
+    stream.dataReceived(b"<message to='a@example.com'><body>two</body>")
+    stream.dataReceived(b"</message>")
+    assert [str(s.body) for s in stream.stanzas] == ["one", "two"]
+    assert stream.stanzas[1].uri == "jabber:client"
+    assert len(stream.headers) == 1 and not transport.disconnecting
+
+
+def test_a_parked_parser_keeps_prefixes_the_client_declared_on_its_header():
+    header = (
+        b"<s:stream to='example.com' version='1.0' xmlns='jabber:client'"
+        b" xmlns:s='http://etherx.jabber.org/streams' xmlns:x='urn:example:extra'>"
+    )
+    stream, transport, _ = connect(header=header)
+    stream.set_authenticated()
+    assert stream.park_parser()
+    stream.dataReceived(b"<message to='a@example.com'><x:note>hi</x:note></message>")
+    [stanza] = stream.stanzas
+    note = stanza.firstChildElement()
+    assert (note.uri, note.name, str(note)) == ("urn:example:extra", "note", "hi")
+    stream.dataReceived(b"</s:stream>")
+    assert stream.ended
+
+
+def test_the_parser_is_not_parked_inside_a_stanza_or_before_authentication():
+    stream, _, _ = connect()
+    assert not stream.park_parser()  # limits differ before authentication: keep it simple
+    stream.set_authenticated()
+    stream.dataReceived(b"<message to='a@example.com'><body>half")
+    assert not stream.park_parser()
+    stream.dataReceived(b"</body></message>")
+    assert stream.park_parser()
+    assert [str(s.body) for s in stream.stanzas] == ["half"]
+
+
+def test_limits_still_apply_after_a_parked_parser_is_rebuilt():
+    stream, transport, _ = connect()
+    stream.set_authenticated()
+    assert stream.park_parser()
+    stream.dataReceived(message(NO_RATE.max_stanza_size + 1))
+    assert_closed_with(transport, "policy-violation")
