@@ -51,9 +51,6 @@ MAX_LOGINS_IN_PROGRESS = 200
 SHUTDOWN_DRAIN_SECONDS = 10.0
 REDIS_THREADS = 8
 ACTIVITY_REPORT_SECONDS = 60.0
-# A stream that read nothing for this long gives its XML parser back until its next byte.
-IDLE_PARSER_SECONDS = 10.0
-PARK_SWEEP_SECONDS = 5.0
 # At start (after a reboot, or with the whole appliance) Redis may come up after the front ends.
 REDIS_START_WAIT_SECONDS = 60.0
 
@@ -166,14 +163,7 @@ def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirec
 
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
     LoopingCall(ActivityReport(sessions, (starttls, direct), router.frontend_id)).start(ACTIVITY_REPORT_SECONDS, now=False)
-    LoopingCall(park_idle_parsers, sessions).start(PARK_SWEEP_SECONDS, now=False)
     return starttls, direct
-
-
-def park_idle_parsers(sessions: SessionTable) -> int:
-    """Free the XML parser of every stream idle for `IDLE_PARSER_SECONDS` (most of a held session's memory)."""
-    horizon = reactor.seconds() - IDLE_PARSER_SECONDS
-    return sum(1 for c in sessions.connections() if c.last_read <= horizon and c.park_parser())
 
 
 class ActivityReport:

@@ -55,9 +55,7 @@ class XmppStreamProtocol(Protocol):
         self._resume_call = None
         rate = self.limits.rate_bytes_per_second
         self._bucket = TokenBucket(rate, self.limits.rate_burst_bytes, clock) if rate else None
-        self._parser: StreamParser | None = self._new_parser()
-        self._parked_header: bytes | None = None  # what a parked parser's successor reads first
-        self.last_read = clock.seconds()
+        self._parser = self._new_parser()
 
     # Hooks for subclasses.
     def stream_started(self, attrs: dict[str, str]) -> None:
@@ -74,26 +72,12 @@ class XmppStreamProtocol(Protocol):
     @property
     def max_stanza_size(self) -> int:
         """The stanza size limit in force: small until `set_authenticated`."""
-        return self._parser.max_stanza_size if self._parser is not None else self.limits.max_stanza_size
+        return self._parser.max_stanza_size
 
     def set_authenticated(self) -> None:
         """Raise the stanza size limit to the authenticated one, for this and later streams."""
         self.authenticated = True
-        if self._parser is not None:
-            self._parser.max_stanza_size = self.limits.max_stanza_size
-
-    def park_parser(self) -> bool:
-        """Free an idle stream's XML parser (~13 KiB, mostly expat's buffers) until its next byte arrives.
-
-        Only between stanzas of an authenticated stream: the parser then holds
-        nothing but the namespaces declared on the stream header, and a new
-        one reading a header that declares them continues exactly where it was.
-        """
-        parser = self._parser
-        if self._closed or self._parsing or not self.authenticated or parser is None or not parser.is_between_stanzas():
-            return False
-        self._parked_header, self._parser = parser.replay_header(), None
-        return True
+        self._parser.max_stanza_size = self.limits.max_stanza_size
 
     def reset_parser(self, discard_pending: bool = False) -> None:
         """Start parsing a new stream (RFC 6120 4.3.3 restart), after the stanza being handled.
@@ -106,7 +90,7 @@ class XmppStreamProtocol(Protocol):
             self._restart = discard_pending
             self._parser.interrupt()
         else:
-            self._parser, self._parked_header = self._new_parser(), None
+            self._parser = self._new_parser()
 
     def send(self, data: domish.Element | str | bytes) -> None:
         """Write an element (serialised in the stream's namespaces) or raw XML, unless closed."""
@@ -150,8 +134,7 @@ class XmppStreamProtocol(Protocol):
             self.send_stream_header()
         self.send("</stream:stream>")
         self._closed = True
-        if self._parser is not None:
-            self._parser.interrupt()
+        self._parser.interrupt()
         self.transport.loseConnection()
 
     # Twisted.
@@ -160,13 +143,8 @@ class XmppStreamProtocol(Protocol):
             return
         if self._bucket is not None:
             self._pause(self._bucket.consume(len(data)))
-        self.last_read = self.clock.seconds()
         self._parsing = True
         try:
-            if self._parser is None:  # parked while idle: a new parser reads the header again, silently
-                self._parser = self._new_parser(quiet_header=True)
-                self._parser.feed(self._parked_header)
-                self._parked_header = None
             while not self._closed:
                 rest = self._parser.feed(data)
                 if rest is None or self._restart is None:
@@ -200,12 +178,10 @@ class XmppStreamProtocol(Protocol):
         elif not self._closed:
             self.transport.resumeProducing()
 
-    def _new_parser(self, quiet_header: bool = False) -> StreamParser:
+    def _new_parser(self) -> StreamParser:
         size = self.limits.max_stanza_size if self.authenticated else self.limits.max_stanza_size_unauthenticated
         hooks = (self.stream_started, self.stanza_received, self.stream_ended)
-        return StreamParser(
-            self.limits, size, *(self._guarded(hook) for hook in hooks), self.content_namespace, quiet_header=quiet_header
-        )
+        return StreamParser(self.limits, size, *(self._guarded(hook) for hook in hooks), self.content_namespace)
 
     def _guarded(self, hook):
         # A hook's StreamError closes the stream with that error; a bug closes only this stream.

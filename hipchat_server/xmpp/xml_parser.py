@@ -74,12 +74,8 @@ class StreamParser:
     One parser serves one stream: a stream restart needs a new parser.
     """
 
-    def __init__(self, limits, max_stanza_size, on_start, on_stanza, on_end, content_ns=CLIENT_NS, *, quiet_header=False):
+    def __init__(self, limits, max_stanza_size, on_start, on_stanza, on_end, content_ns=CLIENT_NS):
         self.limits = limits
-        # A parser rebuilt for a stream already open (see `replay_header`) reads the header again
-        # without announcing it: the stream did not restart.
-        self._quiet_header = quiet_header
-        self.header_namespaces: tuple[str, dict[str, str]] | None = None  # default namespace, prefixes
         self.max_stanza_size = max_stanza_size  # settable: it grows on authentication
         self._on_start, self._on_stanza, self._on_end = on_start, on_stanza, on_end
         self._content_ns = content_ns
@@ -104,22 +100,6 @@ class StreamParser:
         self._stanza_start = self._start_events = self._elements = self._events = 0
         self._text_parts: list[str] = []  # joined once: domish's addContent copies on each call
         self._interrupted = False
-
-    def is_between_stanzas(self) -> bool:
-        """True when the stream is open and nothing of a next stanza has arrived (the parser holds no state)."""
-        return (
-            self._depth == 1
-            and not self._interrupted
-            and self.header_namespaces is not None
-            and self._fed == max(self._expat.CurrentByteIndex, 0)
-        )
-
-    def replay_header(self) -> bytes:
-        """A stream header declaring the namespaces in scope here, for a parser that takes over between stanzas."""
-        default, prefixes = self.header_namespaces
-        stream_prefix = next(p for p, uri in prefixes.items() if uri == STREAM_NS)
-        declarations = "".join(f" xmlns:{p}='{uri}'" for p, uri in sorted(prefixes.items()))
-        return f"<{stream_prefix}:stream xmlns='{default}'{declarations}>".encode("utf-8")
 
     def interrupt(self) -> None:
         """Stop after the event being delivered; `feed` then returns the bytes that follow it."""
@@ -201,9 +181,6 @@ class StreamParser:
         if element.defaultUri != self._content_ns:
             raise StreamError("invalid-namespace", f"the default namespace must be {self._content_ns}")
         self._depth, self._start_events = 1, self._events
-        self.header_namespaces = (element.defaultUri, dict(element.localPrefixes))
-        if self._quiet_header:
-            return
         attrs = {}
         for key, value in element.attributes.items():
             if isinstance(key, tuple):
