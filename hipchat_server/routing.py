@@ -41,12 +41,10 @@ from hipchat_server.xmpp.bind import SessionTable
 from hipchat_server.xmpp.delay import add_delay
 from hipchat_server.xmpp.errors import stanza_error_reply
 from hipchat_server.xmpp.jid import JID, parse_jid
-from hipchat_server.xmpp.local_routing import EchoLessRouter
+from hipchat_server.xmpp.local_routing import ANSWERED_MESSAGE_TYPES, EchoLessRouter
 from hipchat_server.xmpp.stanzas import iq_result, stanza_from_xml
 from hipchat_server.xmpp.xml_parser import CLIENT_NS
 
-# Message types answered with an error when nobody can receive them (RFC 6121 8.5.2 and 8.5.3).
-ANSWERED_MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat"})
 # Message types kept for a user with no available resource (RFC 6121 8.5.2.2.1; XEP-0160).
 STORED_MESSAGE_TYPES = frozenset({"normal", "chat"})
 # Seconds another front end has to confirm it wrote a message before it is stored offline instead.
@@ -464,9 +462,7 @@ class ClusterRouter(EchoLessRouter):
 
     @defer.inlineCallbacks
     def _route_iq(self, connection, iq: domish.Element, target: JID):
-        resources = yield self.run_blocking(self.directory.resources, str(target.bare()))
-        frontend = resources.get(target.resourcepart)
-        delivered = (yield self._deliver(target, frontend, iq)) if frontend else 0
+        delivered = yield self.deliver_to_full(target, iq)
         if not delivered and iq.getAttribute("type") in ("get", "set"):
             connection.deliver(stanza_error_reply(iq, "service-unavailable"))
 
@@ -479,9 +475,15 @@ class ClusterRouter(EchoLessRouter):
                 return 0
             recipient.deliver(stanza)
             return 1
-        payload = json.dumps({"kind": "deliver", "to": str(full), "xml": stanza.toXml(defaultUri=CLIENT_NS)})
-        receivers = yield self._publish(frontend, payload)
+        receivers = yield self._publish(frontend, self._delivery_payload(full, stanza))
         return 1 if receivers else 0
+
+    def _delivery_payload(self, full: JID, stanza: domish.Element, confirm: str | None = None) -> str:
+        """A ``deliver`` item for another front end; with ``confirm`` it answers with a ``delivered`` item."""
+        item = {"kind": "deliver", "to": str(full), "xml": stanza.toXml(defaultUri=CLIENT_NS)}
+        if confirm is not None:
+            item.update(confirm=confirm, origin=self.directory.frontend_id)
+        return json.dumps(item)
 
     def _deliver_confirmed(self, full: JID, frontend: str, stanza: domish.Element) -> defer.Deferred:
         """Like `_deliver`, but a remote front end must confirm it wrote the stanza: fires True or False."""
@@ -495,15 +497,7 @@ class ClusterRouter(EchoLessRouter):
         self._awaiting_confirmation[token] = confirmed
         timeout = self.clock.callLater(CONFIRM_TIMEOUT, self._confirmation_timed_out, token)
         confirmed.addBoth(lambda result: (timeout.active() and timeout.cancel(), result)[1])
-        payload = json.dumps(
-            {
-                "kind": "deliver",
-                "to": str(full),
-                "xml": stanza.toXml(defaultUri=CLIENT_NS),
-                "confirm": token,
-                "origin": self.directory.frontend_id,
-            }
-        )
+        payload = self._delivery_payload(full, stanza, confirm=token)
 
         def published(receivers):
             if not receivers:

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import argparse
+import gc
 import grp
 import logging
 import os
 import pwd
 import sys
+import time
+
+
+def start_process(prog: str, description: str, argv: list[str] | None):
+    """Parse ``--config``, send stdlib and Twisted logs to stderr, load the configuration.
+
+    Returns the configuration, or None after printing why it is invalid.
+    """
+    from twisted.logger import STDLibLogObserver, globalLogBeginner
+
+    from hipchat_server.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help="configuration file (default /etc/hipchat/hipchat.yml)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
+    try:
+        return load_config(args.config)
+    except ConfigError as e:
+        print(f"{prog}: configuration error: {e}", file=sys.stderr)
+        return None
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -35,8 +59,6 @@ GC_THRESHOLDS = (10_000, 20, 100)
 
 def tune_garbage_collection() -> None:
     """Set `GC_THRESHOLDS` and move what start-up allocated (modules, config) out of the collector's way."""
-    import gc
-
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -50,16 +72,12 @@ class GarbageCollectionWatch:
     """
 
     def __init__(self, warn_seconds: float = 0.05):
-        import time
-
         self.warn_seconds = warn_seconds
         self._clock = time.perf_counter
         self._started = 0.0
         self.log = logging.getLogger("hipchat.gc")
 
     def install(self) -> None:
-        import gc
-
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict) -> None:

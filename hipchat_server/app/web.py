@@ -11,20 +11,17 @@ brings it the stanzas other front ends publish for them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer, reactor, ssl, threads
-from twisted.logger import STDLibLogObserver, globalLogBeginner
 from twisted.web import resource, server
 
 from hipchat_server import __version__, health
-from hipchat_server.app.process import drop_privileges, setup_logging
+from hipchat_server.app.process import drop_privileges, start_process
 from hipchat_server.app.xmpp import open_session_directory, start_frontend
-from hipchat_server.config import ConfigError, load_config
 from hipchat_server.server import ChatServer
 from hipchat_server.xmpp import websocket
 
@@ -113,15 +110,8 @@ def join_frontends(chat_server: ChatServer, websocket_factory: websocket.XmppWeb
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="HipChat Server HTTPS process")
-    parser.add_argument("--config", help="configuration file (default /etc/hipchat/hipchat.yml)")
-    args = parser.parse_args(argv)
-    setup_logging()
-    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(f"hipchat-web: configuration error: {e}", file=sys.stderr)
+    config = start_process("hipchat-web", "HipChat Server HTTPS process", argv)
+    if config is None:
         return 2
     chat_server = ChatServer(config)
     tls = ssl.DefaultOpenSSLContextFactory(config.tls.private_key, config.tls.certificate)

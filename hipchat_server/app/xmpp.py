@@ -8,7 +8,6 @@ as the service user from the start (it drops privileges only if started as root)
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import ipaddress
 import logging
@@ -20,11 +19,10 @@ import time
 from twisted.internet import reactor, threads
 from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
-from twisted.logger import STDLibLogObserver, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from hipchat_server.app.process import GarbageCollectionWatch, drop_privileges, setup_logging, tune_garbage_collection
-from hipchat_server.config import Config, ConfigError, load_config
+from hipchat_server.app.process import GarbageCollectionWatch, drop_privileges, start_process, tune_garbage_collection
+from hipchat_server.config import Config
 from hipchat_server.routing import ClusterRouter, DeliveryListener
 from hipchat_server.server import ChatServer
 from hipchat_server.presence import PresenceService
@@ -210,17 +208,10 @@ def listen(address: str, port: int, factory, throttle: LoginThrottle) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="HipChat Server XMPP front end (client streams)")
-    parser.add_argument("--config", help="configuration file (default /etc/hipchat/hipchat.yml)")
-    args = parser.parse_args(argv)
-    setup_logging()
-    GarbageCollectionWatch().install()
-    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(f"hipchat-xmpp: configuration error: {e}", file=sys.stderr)
+    config = start_process("hipchat-xmpp", "HipChat Server XMPP front end (client streams)", argv)
+    if config is None:
         return 2
+    GarbageCollectionWatch().install()
     xmpp = config.xmpp
     try:
         tls_options = server_tls_options(config.tls.certificate, config.tls.private_key)

@@ -510,16 +510,11 @@ class ClientConnection(XmppStreamProtocol):
         self.factory.resumable.forget_moved(self.sm.id)
 
     def _replay(self, elements: list[domish.Element]) -> None:
+        handle = self._guarded(self.stanza_received)
         for element in elements:
             if self._closed:
                 return
-            try:
-                self.stanza_received(element)
-            except StreamError as e:
-                self.send_stream_error(e.condition, e.text)
-            except Exception:
-                self.log.failure("XMPP stream handler failed")
-                self.send_stream_error("internal-server-error")
+            handle(element)
 
     # Housekeeping.
     def _end_session(self) -> None:

@@ -114,14 +114,16 @@ def stanza_error_element(
     return error
 
 
-def _copy(element: domish.Element) -> domish.Element:
-    # A copy, so the original stanza (perhaps still queued elsewhere) keeps its
-    # children; copy.deepcopy loops on domish's __getattr__.
+def copy_element(element: domish.Element) -> domish.Element:
+    """A deep copy of ``element``: the original (perhaps still queued elsewhere) keeps its children.
+
+    copy.deepcopy loops on domish's __getattr__.
+    """
     clone = domish.Element(
         (element.uri, element.name), element.defaultUri, dict(element.attributes), dict(element.localPrefixes)
     )
     for child in element.children:
-        clone.addChild(_copy(child) if isinstance(child, domish.Element) else child)
+        clone.addChild(copy_element(child) if isinstance(child, domish.Element) else child)
     return clone
 
 
@@ -151,6 +153,6 @@ def stanza_error_reply(
     reply["type"] = "error"
     if include_payload:
         for child in stanza.elements():
-            reply.addChild(_copy(child))
+            reply.addChild(copy_element(child))
     reply.addChild(stanza_error_element(condition, error_type, text, by))
     return reply

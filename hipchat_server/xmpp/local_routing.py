@@ -28,7 +28,7 @@ from hipchat_server.xmpp.stanzas import iq_result
 from hipchat_server.xmpp.version import VERSION_NS, server_version
 
 # Message types answered with an error when nobody can receive them (RFC 6121 8.5.2 and 8.5.3).
-_ANSWERED_MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat"})
+ANSWERED_MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat"})
 
 
 def _server_query(iq: domish.Element) -> domish.Element | None:
@@ -104,5 +104,5 @@ class EchoLessRouter:
             if recipient is not connection:
                 recipient.deliver(message)
         kind = message.getAttribute("type", "normal")
-        if not recipients and kind in _ANSWERED_MESSAGE_TYPES:
+        if not recipients and kind in ANSWERED_MESSAGE_TYPES:
             connection.deliver(stanza_error_reply(message, "service-unavailable"))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from twisted.words.xish import domish
 
+from hipchat_server.xmpp.errors import copy_element
 from hipchat_server.xmpp.xml_parser import CLIENT_NS
 
 SUBSCRIPTION_KINDS = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
@@ -78,15 +79,7 @@ def presence_element(kind: str, frm: str, to: str | None = None) -> domish.Eleme
 def copy_stanza(stanza: domish.Element, **attributes: str | None) -> domish.Element:
     """A deep copy of ``stanza`` with ``attributes`` set (None removes one)."""
 
-    def clone(element: domish.Element) -> domish.Element:
-        copied = domish.Element(
-            (element.uri, element.name), element.defaultUri, dict(element.attributes), dict(element.localPrefixes)
-        )
-        for child in element.children:
-            copied.addChild(clone(child) if isinstance(child, domish.Element) else child)
-        return copied
-
-    copied = clone(stanza)
+    copied = copy_element(stanza)
     for name, value in attributes.items():
         if value is None:
             copied.attributes.pop(name, None)

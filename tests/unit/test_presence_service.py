@@ -8,6 +8,7 @@ from twisted.words.xish import domish
 from hipchat_server.presence import PresenceService
 from hipchat_server.xmpp.jid import parse_jid
 from hipchat_server.xmpp.roster import ROSTER_NS, RosterItem
+from tests.unit.fakes import FakeConnection
 
 DOMAIN = "chat.example.com"
 ALICE, BOB, CAROL = (f"{u}@{DOMAIN}" for u in ("alice", "bob", "carol"))
@@ -69,20 +70,6 @@ class FakePresenceStore:
     def remove_resource(self, bare, resource):
         self.set_unavailable(bare, resource)
         self.interest.get(bare, set()).discard(resource)
-
-
-class FakeConnection:
-    def __init__(self, jid):
-        self.jid = parse_jid(jid)
-        self.delivered: list[domish.Element] = []
-
-    def deliver(self, element):
-        self.delivered.append(element)
-
-    def take(self):
-        """What the client received since the last take."""
-        taken, self.delivered = self.delivered, []
-        return taken
 
 
 class FakeRouter:

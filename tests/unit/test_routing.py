@@ -14,6 +14,7 @@ from hipchat_server.storage.offline import OfflineMessage
 from hipchat_server.storage.sessions import UserSessions
 from hipchat_server.xmpp.bind import SessionTable
 from hipchat_server.xmpp.jid import parse_jid
+from tests.unit.fakes import FakeConnection
 
 DOMAIN = "chat.example.com"
 
@@ -82,15 +83,6 @@ class FakeOfflineStore:
         for username, items in self.kept.items():
             self.kept[username] = [m for m in items if m.id not in ids]
         return len(ids)
-
-
-class FakeConnection:
-    def __init__(self, jid):
-        self.jid = parse_jid(jid)
-        self.delivered: list = []
-
-    def deliver(self, element):
-        self.delivered.append(element)
 
 
 def synchronous(fn, *args):

@@ -12,6 +12,7 @@ from hipchat_server.storage.vcards import VCardRecord, VCardStore
 from hipchat_server.xmpp.jid import parse_jid
 from hipchat_server.xmpp.vcard import VCARD_NS, VCardService, parse_vcard
 from hipchat_server.xmpp.xml_parser import StreamLimits, StreamParser
+from tests.unit.fakes import FakeConnection
 
 DOMAIN = "chat.example.com"
 ALICE = f"alice@{DOMAIN}/laptop"
@@ -42,15 +43,6 @@ class FakeVCardStore:
             return False
         self.vcards[username] = xml
         return True
-
-
-class FakeConnection:
-    def __init__(self, jid):
-        self.jid = parse_jid(jid)
-        self.delivered: list[domish.Element] = []
-
-    def deliver(self, element):
-        self.delivered.append(element)
 
 
 class FakeRouter:
