@@ -33,8 +33,10 @@ from typing import Callable, Iterable
 
 from twisted.internet import defer, reactor, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from hipchat_server.archive import body_of, is_archived
 from hipchat_server.storage.sessions import SessionDirectory, UserSessions
 from hipchat_server.xmpp import carbons
 from hipchat_server.xmpp.bind import SessionTable
@@ -45,6 +47,8 @@ from hipchat_server.xmpp.local_routing import ANSWERED_MESSAGE_TYPES, EchoLessRo
 from hipchat_server.xmpp.stanzas import iq_result, stanza_from_xml
 from hipchat_server.xmpp.xml_parser import CLIENT_NS
 
+# One-to-one message types that are archived (groupchat is archived by the rooms).
+ARCHIVED_ONE_TO_ONE = frozenset({"normal", "chat"})
 # Message types kept for a user with no available resource (RFC 6121 8.5.2.2.1; XEP-0160).
 STORED_MESSAGE_TYPES = frozenset({"normal", "chat"})
 # Seconds another front end has to confirm it wrote a message before it is stored offline instead.
@@ -90,6 +94,7 @@ class ClusterRouter(EchoLessRouter):
         offline_store=None,
         publisher=None,
         run_database=None,
+        archive=None,
         clock=None,
     ):
         super().__init__(domain, sessions)
@@ -99,6 +104,7 @@ class ClusterRouter(EchoLessRouter):
         self.run_blocking = run_blocking
         self.run_database = run_database or run_blocking
         self.offline_store = offline_store
+        self.archive = archive  # an archive.MessageArchive; None routes without archiving (unit tests)
         self.publisher = publisher  # a storage.publisher.OrderedPublisher; None publishes from the thread pool
         self.presence = None
         self.clock = clock or reactor
@@ -109,6 +115,8 @@ class ClusterRouter(EchoLessRouter):
             "deliver": self._published_delivery,
             "delivered": self._published_confirmation,
         }
+        self._domain_handlers: dict[str, Callable[..., "defer.Deferred | None"]] = {}
+        self._session_end_handlers: list[Callable[..., "defer.Deferred | None"]] = []
         self._awaiting_confirmation: dict[str, defer.Deferred] = {}
         self._confirmation_ids = itertools.count(1)
         self.register_iq_handler(ROSTER_NS, "query", self._roster_iq)
@@ -127,6 +135,20 @@ class ClusterRouter(EchoLessRouter):
         domain; the handler delivers exactly one reply and may return a Deferred.
         """
         self._iq_handlers[(namespace, name)] = handler
+
+    def register_domain_handler(self, domainpart: str, handler: Callable[..., "defer.Deferred | None"]) -> None:
+        """Have ``handler(connection, stanza, target)`` take every stanza a client sends to ``domainpart``.
+
+        For a service on a subdomain (rooms on ``conference.<domain>``). Runs in
+        the connection's order; the Deferred it returns (if any) fires when the
+        stanza is done, and for a message that means durable: XEP-0198 counts it
+        then, and an errback answers the sender with an error.
+        """
+        self._domain_handlers[domainpart] = handler
+
+    def on_session_ended(self, handler: Callable[..., "defer.Deferred | None"]) -> None:
+        """Run ``handler(connection)`` when a bound session ends, before it leaves the session directory."""
+        self._session_end_handlers.append(handler)
 
     def on_published(self, kind: str, handler: Callable[[dict], None]) -> None:
         """Run ``handler(payload)`` (on the reactor thread) for each ``kind`` item published to this front end."""
@@ -152,8 +174,11 @@ class ClusterRouter(EchoLessRouter):
         jid = connection.jid
 
         def end():
-            d = defer.maybeDeferred(self.presence.session_ended, connection) if self.presence else defer.succeed(None)
-            d.addErrback(lambda f: self.log.failure("presence cleanup of {jid} failed", f, jid=jid))
+            handlers = [self.presence.session_ended] if self.presence else []
+            cleanups = [defer.maybeDeferred(handler, connection) for handler in handlers + self._session_end_handlers]
+            for d in cleanups:
+                d.addErrback(lambda f: self.log.failure("cleanup after the session of {jid} failed", f, jid=jid))
+            d = defer.DeferredList(cleanups)
             d.addCallback(lambda _: self._remove_from_directory(connection, jid))
             return d
 
@@ -195,6 +220,9 @@ class ClusterRouter(EchoLessRouter):
     def stanza_from_client(self, connection, element: domish.Element) -> defer.Deferred | None:
         to = element.getAttribute("to")
         target = parse_jid(to) if to else None  # the connection checked that it parses
+        service = self._domain_handlers.get(target.domainpart) if target is not None else None
+        if service is not None:
+            return self._in_order_with_outcome(connection, lambda: service(connection, element, target))
         if element.name == "presence":
             if self.presence is None:
                 return None
@@ -251,6 +279,18 @@ class ClusterRouter(EchoLessRouter):
             self._drain(connection, lane)
         return done
 
+    def _in_order_with_outcome(self, connection, work) -> defer.Deferred:
+        """Like `_in_order`, but the Deferred fails when ``work`` fails (the stream answers the error)."""
+        outcome = defer.Deferred()
+
+        def run():
+            d = defer.maybeDeferred(work)
+            d.addBoth(lambda result: outcome.errback(result) if isinstance(result, Failure) else outcome.callback(result))
+            return d
+
+        self._in_order(connection, run)
+        return outcome
+
     def _drain(self, connection, lane: "_Lane") -> None:
         lane.running = True
         while lane.queue:
@@ -298,7 +338,15 @@ class ClusterRouter(EchoLessRouter):
         """Route one message from a client; ``durable`` fires once it is delivered, stored or answered."""
         try:
             bare, sender_bare = str(target.bare()), str(connection.jid.bare())
-            recipient, sender = yield self.run_blocking(self.directory.lookup_many, [bare, sender_bare])
+            looked_up = self.run_blocking(self.directory.lookup_many, [bare, sender_bare])
+            kind = message.getAttribute("type", "normal")
+            if self.archive is not None and kind in ARCHIVED_ONE_TO_ONE and is_archived(message):
+                # Durable before anyone sees it; the spool's fsync runs while Redis says where the recipient is.
+                record = self.archive.new_record(
+                    message, type=kind, sender=sender_bare, body=body_of(message), recipient=bare
+                )
+                yield defer.gatherResults([self.archive.store(record), looked_up], consumeErrors=True)
+            recipient, sender = yield looked_up
             if bare == sender_bare:
                 sender = recipient
             outcome, settled = yield self._route_to_user(message, target, sender=connection.jid, user=recipient)
@@ -307,7 +355,7 @@ class ClusterRouter(EchoLessRouter):
             else:
                 self._answer_failed_delivery(outcome, connection, message)
         except Exception:
-            # Redis or MariaDB failed: the message is neither delivered nor stored. The stream
+            # The spool, Redis or MariaDB failed: the message is neither delivered nor stored. The stream
             # answers internal-server-error (and counts it for XEP-0198), so the sender knows.
             self.log.failure("routing a message from {jid} failed", jid=connection.jid)
             durable.errback()

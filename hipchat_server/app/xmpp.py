@@ -24,11 +24,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from hipchat_server.app.process import GarbageCollectionWatch, drop_privileges, start_process, tune_garbage_collection
 from hipchat_server.config import Config
 from hipchat_server.routing import ClusterRouter, DeliveryListener
-from hipchat_server.server import ChatServer
+from hipchat_server.server import ChatServer, process_name
 from hipchat_server.presence import PresenceService
 from hipchat_server.storage.offline import OfflineStore
 from hipchat_server.storage.presence import PresenceStore
-from hipchat_server.storage.publisher import OrderedPublisher
 from hipchat_server.storage.roster import RosterStore
 from hipchat_server.storage.sessions import SessionDirectory
 from hipchat_server.storage.vcards import VCardStore
@@ -71,7 +70,7 @@ def reuse_port_socket(address: str, port: int) -> socket.socket:
 
 def frontend_id() -> str:
     """This front end's name in the session directory: host and supervisor process name."""
-    return f"{socket.gethostname()}:{os.environ.get('SUPERVISOR_PROCESS_NAME', os.getpid())}"
+    return f"{socket.gethostname()}:{process_name()}"
 
 
 def start_redis_thread_pool() -> ThreadPool:
@@ -113,7 +112,7 @@ def build_factories(
         sm_max_unacked=config.xmpp.sm_max_unacked,
     )
     engine = chat_server.get_database_engine()
-    publisher = OrderedPublisher(chat_server.get_redis_primary)
+    publisher = chat_server.get_redis_writer()
     router = ClusterRouter(
         domain,
         sessions,
@@ -122,6 +121,7 @@ def build_factories(
         run_database=threads.deferToThread,
         offline_store=OfflineStore(engine),
         publisher=publisher,
+        archive=chat_server.get_message_archive(),
     )
     router.presence = PresenceService(
         domain, RosterStore(engine), PresenceStore(chat_server.get_redis_primary()), router, threads.deferToThread

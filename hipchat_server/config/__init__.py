@@ -210,6 +210,66 @@ class XmppConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    """The durable message path: spool, indexing and retention (section ``archive``, optional)."""
+
+    spool_dir: str = "/var/lib/hipchat/spool"  # one subdirectory per chat process
+    spool_segment_bytes: int = 8 * 1024 * 1024  # a segment is removed once all of it is indexed
+    # Disk guard: with less free space than this on the spool's disk, new messages are refused
+    # (the sender gets an error) rather than accepted and then lost to a full disk.
+    spool_min_free_mb: int = 1024
+    # `hipchat-appliance status` warns when this much is spooled but not yet indexed.
+    spool_warn_bytes: int = 256 * 1024 * 1024
+    index_prefix: str = "messages"  # monthly indices <prefix>-YYYY.MM
+    retention_months: int = 0  # month indices older than this are deleted; 0 keeps every month
+    recent_messages: int = 75  # newest messages per room and conversation kept in Redis
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "ArchiveConfig":
+        if raw.get("archive") is None:
+            return cls()
+        r = _Reader("archive", _section(raw, "archive"))
+        retention = r.int("retention_months", cls.retention_months)
+        if retention < 0:
+            raise ConfigError(f"archive.retention_months: expected 0 (keep forever) or more, found {retention}")
+        return cls(
+            spool_dir=r.str("spool_dir", cls.spool_dir),
+            spool_segment_bytes=r.positive_int("spool_segment_bytes", cls.spool_segment_bytes),
+            spool_min_free_mb=r.positive_int("spool_min_free_mb", cls.spool_min_free_mb),
+            spool_warn_bytes=r.positive_int("spool_warn_bytes", cls.spool_warn_bytes),
+            index_prefix=r.str("index_prefix", cls.index_prefix),
+            retention_months=retention,
+            recent_messages=r.positive_int("recent_messages", cls.recent_messages),
+        )
+
+
+ROOM_CREATORS = ("everyone", "admins")
+
+
+@dataclass(frozen=True)
+class RoomsConfig:
+    """Group rooms (XEP-0045) on ``<service>.<domain>`` (section ``rooms``, optional)."""
+
+    service: str = "conference"  # the rooms' subdomain: room@conference.<domain>
+    creators: str = "everyone"  # who may create rooms: "everyone" or "admins"
+    history_on_join: int = 75  # most messages a joining occupant is sent (from Redis)
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "RoomsConfig":
+        if raw.get("rooms") is None:
+            return cls()
+        r = _Reader("rooms", _section(raw, "rooms"))
+        creators = r.str("creators", cls.creators)
+        if creators not in ROOM_CREATORS:
+            raise ConfigError(f"rooms.creators: expected one of {', '.join(ROOM_CREATORS)}, found {creators!r}")
+        return cls(
+            service=r.str("service", cls.service),
+            creators=creators,
+            history_on_join=r.positive_int("history_on_join", cls.history_on_join),
+        )
+
+
+@dataclass(frozen=True)
 class ApplianceConfig:
     supervisor_config: str
     data_dirs: dict[str, str]
@@ -232,6 +292,8 @@ class Config:
     opensearch: OpenSearchConfig
     appliance: ApplianceConfig
     xmpp: XmppConfig = field(default_factory=XmppConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
 
     @classmethod
     def parse(cls, raw: Any) -> "Config":
@@ -246,6 +308,8 @@ class Config:
             opensearch=OpenSearchConfig.load(raw),
             appliance=ApplianceConfig.load(raw),
             xmpp=XmppConfig.load(raw),
+            archive=ArchiveConfig.load(raw),
+            rooms=RoomsConfig.load(raw),
         )
 
 

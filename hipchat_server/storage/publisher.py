@@ -1,8 +1,9 @@
-"""Publishing on Redis channels from one thread: in the order asked, many messages per round trip.
+"""Writing to Redis from one thread: in the order asked, many commands per round trip.
 
 Routing publishes a stanza for every message to a session on another front
-end. From a thread pool, two publishes of one sender can overtake each other
-(and a message 2 arrive before message 1); one thread keeps the order, and
+end, and the archive pushes every message onto its recent lists. From a
+thread pool, two writes of one sender can overtake each other (and a message
+2 arrive, or be listed, before message 1); one thread keeps the order, and
 pipelining what queued up while the last round trip ran keeps it fast.
 """
 
@@ -21,7 +22,12 @@ RETRY_SECONDS = 0.2
 
 
 class OrderedPublisher:
-    """``publish(channel, payload)`` returns a Deferred of the receiver count, fired on the reactor thread."""
+    """Ordered Redis writes; each call returns a Deferred fired on the reactor thread.
+
+    ``publish(channel, payload)`` fires with the receiver count;
+    ``submit(apply)`` runs ``apply(pipeline)`` (which queues commands on the
+    pipeline) and fires with the list of those commands' results.
+    """
 
     log = Logger()
 
@@ -39,7 +45,12 @@ class OrderedPublisher:
 
     def publish(self, channel: str, payload: str) -> defer.Deferred:
         d = defer.Deferred()
-        self._queue.put((channel, payload, d))
+        self._queue.put((lambda pipe: pipe.publish(channel, payload), d))
+        return d.addCallback(lambda results: results[0])
+
+    def submit(self, apply) -> defer.Deferred:
+        d = defer.Deferred()
+        self._queue.put((apply, d))
         return d
 
     def _stop(self) -> None:
@@ -65,22 +76,27 @@ class OrderedPublisher:
             try:
                 redis = redis or self.redis_primary_factory()
                 pipe = redis.pipeline(transaction=False)
-                for channel, payload, _ in batch:
-                    pipe.publish(channel, payload)
+                counts = []
+                for apply, _ in batch:
+                    before = len(pipe.command_stack)
+                    apply(pipe)
+                    counts.append(len(pipe.command_stack) - before)
                 results = pipe.execute()
             except Exception as e:  # Redis restarting or failing over: these fail, later ones retry
                 self.reactor.callFromThread(self._fail, batch, Failure(e))
                 redis = None
                 time.sleep(RETRY_SECONDS)
                 continue
-            self.reactor.callFromThread(self._settle, batch, results)
+            self.reactor.callFromThread(self._settle, batch, counts, results)
 
     @staticmethod
-    def _settle(batch, results) -> None:
-        for (_, _, d), receivers in zip(batch, results):
-            d.callback(receivers)
+    def _settle(batch, counts, results) -> None:
+        offset = 0
+        for (_, d), count in zip(batch, counts):
+            d.callback(results[offset : offset + count])
+            offset += count
 
     @staticmethod
     def _fail(batch, failure: Failure) -> None:
-        for _, _, d in batch:
+        for _, d in batch:
             d.errback(failure)

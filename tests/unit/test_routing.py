@@ -435,3 +435,52 @@ def test_unconfirmed_message_whose_storage_is_full_is_answered_with_an_error():
     assert fired(durable)
     [error] = alice.delivered
     assert error_condition(error) == "service-unavailable"
+
+
+def test_a_chat_message_is_archived_before_anyone_receives_it():
+    """The recipient gets the message (with its stanza-id) only after the spool's fsync; the record names both."""
+    from tests.unit.test_archive import make_archive
+
+    router, sessions, _ = make_router()
+    router.archive, spool, _ = make_archive()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    bob = bind(router, sessions, f"bob@{DOMAIN}/phone")
+    durable = router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", "archived first"))
+    assert bob.delivered == [] and not fired(durable)
+    spool.commit()
+    assert fired(durable)
+    [record] = spool.committed
+    assert (record["sender"], record["recipient"], record["body"]) == (f"alice@{DOMAIN}", f"bob@{DOMAIN}", "archived first")
+    [received] = bob.delivered
+    assert record["id"] in received.toXml()
+
+
+def test_a_message_the_spool_refuses_is_not_delivered_and_fails():
+    """The spool could not make it durable: nobody receives it and the stream answers the sender with an error."""
+    from hipchat_server.storage.spool import SpoolError
+    from tests.unit.test_archive import make_archive
+
+    router, sessions, _ = make_router()
+    router.archive, spool, _ = make_archive()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    bob = bind(router, sessions, f"bob@{DOMAIN}/phone")
+    durable = router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", "not durable"))
+    failures = []
+    durable.addErrback(failures.append)
+    _, pending = spool.pending[0]
+    pending.errback(SpoolError("disk error"))
+    assert bob.delivered == [] and len(failures) == 1
+
+
+def test_chat_states_without_a_body_are_not_archived():
+    from tests.unit.test_archive import make_archive
+
+    router, sessions, _ = make_router()
+    router.archive, spool, _ = make_archive()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    bob = bind(router, sessions, f"bob@{DOMAIN}/phone")
+    message = domish.Element(("jabber:client", "message"))
+    message["from"], message["to"], message["type"] = str(alice.jid), f"bob@{DOMAIN}", "chat"
+    message.addElement(("http://jabber.org/protocol/chatstates", "composing"))
+    router.stanza_from_client(alice, message)
+    assert spool.pending == [] and len(bob.delivered) == 1

@@ -533,7 +533,7 @@ def test_session_table_lists_every_bound_stream(factory):
     assert len(factory.sessions) == 2
 
 
-def test_process_builds_two_ports_that_share_sessions_and_limits():
+def test_process_builds_two_ports_that_share_sessions_and_limits(tmp_path):
     """The hipchat-xmpp process builds a STARTTLS and a direct-TLS factory over one session table, router and limiter."""
     from hipchat_server.app.xmpp import build_factories
     from hipchat_server.config import Config
@@ -543,7 +543,9 @@ def test_process_builds_two_ports_that_share_sessions_and_limits():
     from hipchat_server.storage.sessions import SessionDirectory
 
     directory = SessionDirectory(redis_primary=None, frontend_id="test:xmpp-0")  # no Redis is touched here
-    starttls, direct = build_factories(ChatServer(Config.parse(VALID)), TLS_OPTIONS, directory)
+    raw = dict(VALID, archive={"spool_dir": str(tmp_path)})
+    starttls, direct = build_factories(ChatServer(Config.parse(raw)), TLS_OPTIONS, directory)
+    assert starttls.router.archive.spool.directory.startswith(str(tmp_path))  # the spool is this process's own
     assert (starttls.direct_tls, direct.direct_tls) == (False, True)
     assert starttls.sessions is direct.sessions and starttls.router is direct.router
     assert starttls.auth_limiter is direct.auth_limiter and starttls.auth_limiter.max_failures == 5
