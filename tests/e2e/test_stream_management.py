@@ -9,76 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 
 import pytest
 
-from tests.e2e.xmpp_client import TIMEOUT, front_end_of, login, run
+from tests.e2e.xmpp_client import TIMEOUT, acked, collect, event, front_end_of, login, run, send_durably, sent_count, sm_login
 
 ROUNDS = 10  # drop-and-resume rounds; each lands on either front end, so some cross front ends
-
-
-async def event(client, name: str) -> asyncio.Future:
-    """A future for the next ``name`` event of ``client`` (registered before the action that causes it)."""
-    future = asyncio.get_running_loop().create_future()
-
-    def fire(data):
-        if not future.done():
-            future.set_result(data)
-
-    client.add_event_handler(name, fire, disposable=True)
-    return future
-
-
-def sent_count(client) -> int:
-    """How many stanzas the client sent under Stream Management so far (its presence included)."""
-    return client.plugin["xep_0198"].seq
-
-
-async def acked(client, count: int) -> None:
-    """Once the client's send queue wrote ``count`` stanzas, ask for acks until the server acknowledged them all."""
-    plugin = client.plugin["xep_0198"]
-    deadline = time.monotonic() + TIMEOUT
-    while plugin.seq < count:
-        assert time.monotonic() < deadline, f"only {plugin.seq} of {count} stanzas were sent"
-        await asyncio.sleep(0.02)
-    while plugin.last_ack != count:
-        assert time.monotonic() < deadline, f"only {plugin.last_ack} of {count} stanzas acknowledged"
-        plugin.request_ack()
-        await asyncio.sleep(0.05)
-
-
-async def send_durably(sender, to: str, body: str) -> None:
-    """Send one chat message and wait until the server acknowledged it.
-
-    One at a time, so the order they arrive in is the order sent whatever
-    path each takes (concurrent messages from one sender may take two paths).
-    """
-    mark = sent_count(sender) + 1
-    sender.send_message(mto=to, mbody=body, mtype="chat")
-    await acked(sender, mark)
-
-
-async def collect(queue: asyncio.Queue, count: int) -> list[str]:
-    """``count`` message bodies, then whatever else arrives within a second (a duplicate would)."""
-    bodies = [(await asyncio.wait_for(queue.get(), TIMEOUT))["body"] for _ in range(count)]
-    try:
-        while True:
-            bodies.append((await asyncio.wait_for(queue.get(), 1.0))["body"])
-    except asyncio.TimeoutError:
-        return bodies
-
-
-async def sm_login(endpoint, username, resource=None):
-    client, ok = await login(endpoint, username, resource=resource, plugins=("xep_0198",))
-    assert ok
-    plugin = client.plugin["xep_0198"]
-    deadline = time.monotonic() + TIMEOUT
-    while plugin.sm_id is None:  # <enabled/> follows the bind
-        assert time.monotonic() < deadline, "stream management was not enabled"
-        await asyncio.sleep(0.05)
-    return client
 
 
 def test_a_dropped_connection_resumes_with_nothing_lost_or_duplicated(config, endpoint, new_user):
