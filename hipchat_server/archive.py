@@ -115,6 +115,7 @@ class MessageArchive:
         self._disk_checked_at = float("-inf")
         self._disk_full = False
         self.stored = 0  # records made durable since start (for the activity report)
+        self.duplicates = 0  # resends recognised by their origin-id and not stored again
 
     def new_record(
         self,
@@ -156,20 +157,46 @@ class MessageArchive:
             "sender_name": sender_name or sender.split("@", 1)[0],
             "recipient": recipient if room is None else None,
             "body": body,
-            "origin_id": origin_id or element.getAttribute("id"),
+            # Only a real origin-id: clients such as Pidgin reuse their id attributes across sessions.
+            "origin_id": origin_id,
             "xml": element.toXml(defaultUri=CLIENT_NS),
         }
 
     def store(self, record: dict) -> defer.Deferred:
         """Fires with ``record`` once it is fsynced and in the recent lists; fails with SpoolError if not durable.
 
-        A Redis failure after the fsync is logged, not raised: the message is
-        durable, and the indexer makes it searchable all the same.
+        A resend (same sender and origin-id as a message archived in the last
+        day) is not stored again: the Deferred fires with a copy of the record
+        marked ``duplicate`` and carrying the first copy's id, and the caller
+        must not deliver it again. A Redis failure after the fsync is logged,
+        not raised: the message is durable, and the indexer makes it
+        searchable all the same.
         """
         if self._below_disk_guard():
             return defer.fail(
                 SpoolError(f"less than {self.min_free_bytes // (1024 * 1024)} MiB free for the spool; refusing messages")
             )
+        if not record.get("origin_id"):
+            return self._append(record)
+        d = self.redis_writer.submit(lambda pipe: self.recent.first_copy_commands(pipe, record))
+        d.addCallbacks(self._append_unless_resent, self._first_copy_unknown, callbackArgs=(record,), errbackArgs=(record,))
+        return d
+
+    def _append_unless_resent(self, results: list, record: dict) -> defer.Deferred:
+        first_copy = results[0] if results else None
+        if first_copy is not None:
+            # A client resending what it sent before a lost connection (XEP-0198 without resumption):
+            # the first copy is durable already; this one must not appear twice in history.
+            self.duplicates += 1
+            first_id = first_copy.decode() if isinstance(first_copy, bytes) else first_copy
+            return defer.succeed(dict(record, id=first_id, duplicate=True))
+        return self._append(record)
+
+    def _first_copy_unknown(self, failure: Failure, record: dict) -> defer.Deferred:
+        self.log.warn("could not check {id} for a resend ({error}); storing it", id=record["id"], error=failure.getErrorMessage())
+        return self._append(record)
+
+    def _append(self, record: dict) -> defer.Deferred:
         d = self.spool.append(record)
         d.addCallback(self._spooled, record)
         return d

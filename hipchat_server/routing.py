@@ -345,7 +345,10 @@ class ClusterRouter(EchoLessRouter):
                 record = self.archive.new_record(
                     message, type=kind, sender=sender_bare, body=body_of(message), recipient=bare
                 )
-                yield defer.gatherResults([self.archive.store(record), looked_up], consumeErrors=True)
+                stored, _ = yield defer.gatherResults([self.archive.store(record), looked_up], consumeErrors=True)
+                if stored.get("duplicate"):
+                    durable.callback(None)  # a resend of a message already archived (and delivered or stored)
+                    return
             recipient, sender = yield looked_up
             if bare == sender_bare:
                 sender = recipient

@@ -20,6 +20,9 @@ from hipchat_server.archive import record_json
 ROOM_KEY = "archive:recent:room:{room}"
 CONVERSATION_KEY = "archive:recent:conversation:{conversation}"
 USER_KEY = "archive:recent:user:{bare}"
+# The id a sender's message with this origin-id got, so a resend is recognised (XEP-0359 origin-id).
+ORIGIN_KEY = "archive:origin:{sender}:{origin_id}"
+ORIGIN_SECONDS = 24 * 3600
 
 # Fills a list only while it does not exist, so a refill never lands on top of newer pushes.
 _RESTORE_IF_EMPTY = """
@@ -54,6 +57,13 @@ class RecentMessages:
         for key in keys_of(record):
             pipe.lpush(key, data)
             pipe.ltrim(key, 0, self.size - 1)
+        if record.get("origin_id"):
+            pipe.set(ORIGIN_KEY.format(sender=record["sender"], origin_id=record["origin_id"]), record["id"], ex=ORIGIN_SECONDS)
+
+    @staticmethod
+    def first_copy_commands(pipe, record: dict) -> None:
+        """Queue the lookup of the id an earlier copy of ``record`` (same sender and origin-id) was archived under."""
+        pipe.get(ORIGIN_KEY.format(sender=record["sender"], origin_id=record["origin_id"]))
 
     def push(self, record: dict) -> None:
         pipe = self.redis.pipeline(transaction=False)

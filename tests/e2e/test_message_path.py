@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import uuid
+import xml.etree.ElementTree as ET
 
 from hipchat_server.storage.spool import read_frames
 from tests.e2e.xmpp_client import TIMEOUT, acked, run, send_durably, sent_count, sm_login
@@ -94,3 +95,29 @@ def test_chat_states_and_errors_are_not_archived(config, endpoint, new_user):
     run(scenario())
     records = spooled_records(config.archive.spool_dir, marker)
     assert [r["body"] for r in records] == [f"after typing {marker}"]
+
+
+def test_a_resend_with_the_same_origin_id_is_delivered_and_archived_once(config, endpoint, new_user):
+    """A client resending after a lost stream (same XEP-0359 origin-id) gets its ack; the recipient sees one copy."""
+    alice, bob = new_user(), new_user()
+    domain = config.server.domain
+    marker = uuid.uuid4().hex
+
+    async def scenario():
+        receiver = await sm_login(endpoint, alice)
+        sender = await sm_login(endpoint, bob)
+        try:
+            for _ in range(2):
+                message = sender.make_message(mto=f"{alice}@{domain}", mbody=f"once {marker}", mtype="chat")
+                message.xml.append(ET.fromstring(f"<origin-id xmlns='{SID_NS}' id='{marker}'/>"))
+                before = sent_count(sender)
+                message.send()
+                await acked(sender, before + 1)
+            await send_durably(sender, f"{alice}@{domain}", f"next {marker}")
+            return [(await asyncio.wait_for(receiver.received.get(), TIMEOUT))["body"] for _ in range(2)]
+        finally:
+            await receiver.close()
+            await sender.close()
+
+    assert run(scenario()) == [f"once {marker}", f"next {marker}"]
+    assert [r["body"] for r in spooled_records(config.archive.spool_dir, marker)] == [f"once {marker}", f"next {marker}"]

@@ -6,7 +6,7 @@ from twisted.internet import defer, task
 from twisted.words.xish import domish
 
 from hipchat_server.archive import MessageArchive, MessageIds, index_name, is_archived, timestamp_of
-from hipchat_server.storage.recent import keys_of
+from hipchat_server.storage.recent import RecentMessages, keys_of
 from hipchat_server.storage.spool import SpoolError
 from hipchat_server.xmpp.stanzas import stanza_from_xml
 
@@ -33,14 +33,27 @@ class FakeSpool:
 
 
 class RecordingPipe:
+    """Records list pushes; keeps plain keys in a dict so origin-id lookups see earlier sets."""
+
     def __init__(self):
         self.commands = []
+        self.values: dict[str, str] = {}
+        self.results: list = []
 
     def lpush(self, key, value):
         self.commands.append(("lpush", key))
+        self.results.append(1)
 
     def ltrim(self, key, start, stop):
         self.commands.append(("ltrim", key, start, stop))
+        self.results.append(True)
+
+    def set(self, key, value, ex=None):
+        self.values[key] = value
+        self.results.append(True)
+
+    def get(self, key):
+        self.results.append(self.values.get(key))
 
 
 class FakeWriter:
@@ -53,14 +66,17 @@ class FakeWriter:
     def submit(self, apply):
         if self.down:
             return defer.fail(ConnectionError("Redis is down"))
+        self.pipe.results = []
         apply(self.pipe)
-        return defer.succeed([])
+        return defer.succeed(self.pipe.results)
 
 
 class FakeRecent:
     def push_commands(self, pipe, record):
-        for key in keys_of(record):
-            pipe.lpush(key, record["id"])
+        RecentMessages.push_commands(self, pipe, record)
+
+    first_copy_commands = staticmethod(RecentMessages.first_copy_commands)
+    size = 75
 
 
 def chat_message(body="hello", extra=""):
@@ -128,7 +144,7 @@ def test_store_fires_only_after_the_spool_commit_and_pushes_in_that_order():
     assert stored == [] and writer.pipe.commands == []
     spool.commit()
     assert stored == [record] and spool.committed == [record]
-    assert [key for _, key in writer.pipe.commands] == [
+    assert [c[1] for c in writer.pipe.commands if c[0] == "lpush"] == [
         "archive:recent:conversation:alice@d|bob@d",
         "archive:recent:user:alice@d",
         "archive:recent:user:bob@d",
@@ -190,3 +206,32 @@ def test_only_messages_people_write_are_archived():
     assert not is_archived(stanza_from_xml("<message xmlns='jabber:client' type='error'><body>x</body></message>"))
     assert not is_archived(stanza_from_xml("<message xmlns='jabber:client' type='headline'><body>x</body></message>"))
     assert isinstance(chat_message(), domish.Element)
+
+
+def test_a_resend_with_the_same_origin_id_is_not_archived_twice():
+    """After a lost connection a client resends with the same origin-id: same id back, marked duplicate, not spooled."""
+    archive, spool, _ = make_archive()
+    origin = "<origin-id xmlns='urn:xmpp:sid:0' id='o-42'/>"
+    first = archive.new_record(chat_message(extra=origin), type="chat", sender="alice@d", body="hello", recipient="bob@d")
+    stored = []
+    archive.store(first).addCallback(stored.append)
+    spool.commit()
+    again = archive.new_record(chat_message(extra=origin), type="chat", sender="alice@d", body="hello", recipient="bob@d")
+    archive.store(again).addCallback(stored.append)
+    assert spool.pending == [] and len(spool.committed) == 1
+    assert stored[1]["duplicate"] and stored[1]["id"] == first["id"]
+    # Another sender may use the same origin-id: that is a different message.
+    other = archive.new_record(chat_message(extra=origin), type="chat", sender="carol@d", body="hi", recipient="bob@d")
+    archive.store(other)
+    assert len(spool.pending) == 1
+
+
+def test_the_id_attribute_alone_never_marks_a_resend():
+    """Clients reuse id attributes across sessions (Pidgin counts from 1): only an origin-id identifies a resend."""
+    archive, spool, _ = make_archive()
+    for _ in range(2):
+        record = archive.new_record(chat_message(), type="chat", sender="alice@d", body="hello", recipient="bob@d")
+        assert record["origin_id"] is None
+        archive.store(record)
+        spool.commit()
+    assert len(spool.committed) == 2

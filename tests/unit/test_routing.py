@@ -484,3 +484,21 @@ def test_chat_states_without_a_body_are_not_archived():
     message.addElement(("http://jabber.org/protocol/chatstates", "composing"))
     router.stanza_from_client(alice, message)
     assert spool.pending == [] and len(bob.delivered) == 1
+
+
+def test_a_resent_message_is_acknowledged_but_not_delivered_twice():
+    """Same origin-id from the same sender again (a resend after a lost stream): durable at once, nobody gets it twice."""
+    from tests.unit.test_archive import make_archive
+
+    router, sessions, _ = make_router()
+    router.archive, spool, _ = make_archive()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    bob = bind(router, sessions, f"bob@{DOMAIN}/phone")
+    durables = []
+    for _ in range(2):
+        message = chat(str(alice.jid), f"bob@{DOMAIN}", "only once")
+        message.addElement(("urn:xmpp:sid:0", "origin-id"))["id"] = "resend-1"
+        durables.append(router.stanza_from_client(alice, message))
+        spool.commit()
+    assert all(fired(d) for d in durables)
+    assert len(spool.committed) == 1 and len(bob.delivered) == 1
