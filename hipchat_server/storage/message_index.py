@@ -1,0 +1,182 @@
+"""The monthly message indices in OpenSearch: bulk writes, creating months ahead, deleting expired ones.
+
+Every message record is one document in ``<prefix>-YYYY.MM`` (the month of
+its server timestamp, `archive.index_name`), with the record's id as the
+document id, so writing the same record again replaces it instead of adding
+a second copy. The index template (opensearch role) gives each month its
+shards, replicas and mapping, and the ``<prefix>`` alias covers every month.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from hipchat_server.archive import index_name
+
+log = logging.getLogger("hipchat.indexer")
+
+# A bulk of a few MiB may wait behind merges on a busy data node; far longer means the node is gone.
+BULK_TIMEOUT_SECONDS = 20
+ADMIN_TIMEOUT_SECONDS = 30
+# Per-document statuses that will never succeed however often they are retried: the document
+# itself is wrong (a mapper error, a value of the wrong type). Anything else (429 rejected by a
+# full write queue, 5xx, 503 unavailable shards, 404 index missing, 403 disk block) can heal.
+PERMANENT_STATUSES = frozenset({400})
+
+
+@dataclass
+class Document:
+    """One record to index: its parsed fields (for the index and id) and its JSON as spooled (the _source)."""
+
+    record: dict
+    source: bytes
+    origin: str = ""  # the spool it came from, for the dead letters
+
+
+@dataclass
+class BulkOutcome:
+    """What one bulk request did to each document it carried."""
+
+    indexed: list[Document] = field(default_factory=list)
+    retry: list[tuple[Document, str]] = field(default_factory=list)  # may succeed later: send again
+    rejected: list[tuple[Document, dict]] = field(default_factory=list)  # never will: dead-letter it
+
+
+def bulk_body(prefix: str, documents: list[Document]) -> bytes:
+    """The NDJSON body indexing ``documents``; each _source is the spooled JSON as it is (no re-encoding)."""
+    lines = []
+    for document in documents:
+        action = {"index": {"_index": index_name(prefix, document.record), "_id": document.record["id"]}}
+        lines.append(json.dumps(action, separators=(",", ":")).encode())
+        lines.append(document.source)
+    lines.append(b"")
+    return b"\n".join(lines)
+
+
+def bulk_outcome(documents: list[Document], response: dict) -> BulkOutcome:
+    """Sort the documents of a bulk request by the response's item for each (items come back in order)."""
+    outcome = BulkOutcome()
+    items = response.get("items") or []
+    if len(items) != len(documents):
+        # Should not happen; if it does, nothing is known to be stored.
+        reason = f"the bulk response has {len(items)} items for {len(documents)} documents"
+        outcome.retry = [(d, reason) for d in documents]
+        return outcome
+    for document, item in zip(documents, items):
+        result = next(iter(item.values()))
+        status = int(result.get("status", 0))
+        if 200 <= status < 300:
+            outcome.indexed.append(document)
+        elif status in PERMANENT_STATUSES:
+            outcome.rejected.append((document, {"status": status, "error": result.get("error")}))
+        else:
+            error = result.get("error") or {}
+            reason = error.get("type", "unknown") if isinstance(error, dict) else str(error)
+            outcome.retry.append((document, f"{status} {reason}"))
+    return outcome
+
+
+class MessageIndex:
+    """The ``<prefix>-YYYY.MM`` indices through a (blocking) opensearch-py client."""
+
+    def __init__(self, client, prefix: str):
+        self.client = client
+        self.prefix = prefix
+
+    def bulk(self, documents: list[Document]) -> BulkOutcome:
+        """Index ``documents`` in one request; raises when the request as a whole fails (cluster down).
+
+        No refresh: new documents become searchable within the index's refresh
+        interval, and until then readers find them in the Redis recent lists.
+        """
+        response = self.client.bulk(
+            body=bulk_body(self.prefix, documents), refresh=False, request_timeout=BULK_TIMEOUT_SECONDS
+        )
+        return bulk_outcome(documents, response)
+
+    def create_month(self, year: int, month: int) -> bool:
+        """Create one month's index (the template applies); False when it already exists."""
+        from opensearchpy.exceptions import RequestError
+
+        name = month_index(self.prefix, year, month)
+        try:
+            self.client.indices.create(index=name, request_timeout=ADMIN_TIMEOUT_SECONDS)
+        except RequestError as e:
+            if e.error == "resource_already_exists_exception":
+                return False
+            raise
+        log.info("created the message index %s ahead of its month", name)
+        return True
+
+    def month_indices(self) -> list[str]:
+        """Names of the existing month indices of this prefix (nothing else that matches ``<prefix>-*``)."""
+        found = self.client.indices.get(
+            index=f"{self.prefix}-*", allow_no_indices=True, expand_wildcards="open,closed", request_timeout=ADMIN_TIMEOUT_SECONDS
+        )
+        return sorted(name for name in found if parse_month_index(self.prefix, name) is not None)
+
+    def delete_index(self, name: str) -> None:
+        self.client.indices.delete(index=name, request_timeout=ADMIN_TIMEOUT_SECONDS)
+
+    def maintain_months(self, now: datetime, retention_months: int) -> list[str]:
+        """Create this month's and next month's index; delete the expired months (`expired_indices`).
+
+        Returns the names deleted. Bulk requests would create a missing month
+        too (``action.auto_create_index``), but then the first messages of a
+        month wait for its shards to be allocated.
+        """
+        for year, month in months_to_create(now):
+            self.create_month(year, month)
+        deleted = []
+        for name in expired_indices(self.prefix, self.month_indices() if retention_months > 0 else [], now, retention_months):
+            log.warning("deleting the message index %s: all of it is older than the %d months kept", name, retention_months)
+            self.delete_index(name)
+            deleted.append(name)
+        return deleted
+
+
+# Month arithmetic of retention, in UTC months (record timestamps are UTC).
+def add_months(year: int, month: int, months: int) -> tuple[int, int]:
+    """The month ``months`` after (or, negative, before) ``year``-``month``."""
+    index = year * 12 + (month - 1) + months
+    return index // 12, index % 12 + 1
+
+
+def month_index(prefix: str, year: int, month: int) -> str:
+    return f"{prefix}-{year:04d}.{month:02d}"
+
+
+def parse_month_index(prefix: str, name: str) -> tuple[int, int] | None:
+    """(year, month) of an index named ``<prefix>-YYYY.MM``, else None."""
+    match = re.fullmatch(re.escape(prefix) + r"-(\d{4})\.(\d{2})", name)
+    if match is None or not 1 <= int(match.group(2)) <= 12:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def months_to_create(now: datetime) -> list[tuple[int, int]]:
+    """This month and the next: the next one exists before its first message arrives."""
+    return [(now.year, now.month), add_months(now.year, now.month, 1)]
+
+
+def expired_indices(prefix: str, names: list[str], now: datetime, retention_months: int) -> list[str]:
+    """The month indices among ``names`` whose every message is older than ``retention_months`` months.
+
+    The current month and the ``retention_months`` months before it are kept
+    whole: with 3 in November, August stays (its last days are less than
+    three months old) and July goes. 0 keeps everything; the current and next
+    months are never expired.
+    """
+    if retention_months <= 0:
+        return []
+    oldest_kept = add_months(now.year, now.month, -retention_months)
+    expired = []
+    for name in names:
+        month = parse_month_index(prefix, name)
+        if month is not None and month < oldest_kept:
+            expired.append(name)
+    return sorted(expired)
