@@ -338,18 +338,18 @@ class ClusterRouter(EchoLessRouter):
         """Route one message from a client; ``durable`` fires once it is delivered, stored or answered."""
         try:
             bare, sender_bare = str(target.bare()), str(connection.jid.bare())
-            looked_up = self.run_blocking(self.directory.lookup_many, [bare, sender_bare])
+            # Where the recipient is first: should Redis fail, nothing is archived yet and the sender's
+            # error is true. Once archived, the message is durable whatever happens to its delivery.
+            recipient, sender = yield self.run_blocking(self.directory.lookup_many, [bare, sender_bare])
             kind = message.getAttribute("type", "normal")
             if self.archive is not None and kind in ARCHIVED_ONE_TO_ONE and is_archived(message):
-                # Durable before anyone sees it; the spool's fsync runs while Redis says where the recipient is.
                 record = self.archive.new_record(
                     message, type=kind, sender=sender_bare, body=body_of(message), recipient=bare
                 )
-                stored, _ = yield defer.gatherResults([self.archive.store(record), looked_up], consumeErrors=True)
+                stored = yield self.archive.store(record)  # durable before anyone sees it
                 if stored.get("duplicate"):
                     durable.callback(None)  # a resend of a message already archived (and delivered or stored)
                     return
-            recipient, sender = yield looked_up
             if bare == sender_bare:
                 sender = recipient
             outcome, settled = yield self._route_to_user(message, target, sender=connection.jid, user=recipient)
