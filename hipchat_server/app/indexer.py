@@ -1,0 +1,67 @@
+"""The indexer process: moves every chat process's spool into OpenSearch (hipchat_server/indexing.py).
+
+Plain threads and the blocking opensearch-py client, no reactor: one thread
+drains the spools, one keeps the month indices (next month created ahead of
+time, expired months deleted, at start and then hourly). SIGTERM lets the
+bulk request in flight finish and its positions be saved before the process
+exits; kill -9 loses nothing either, since the spool is only cut behind what
+OpenSearch acknowledged, and what is sent again keeps its document id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from datetime import datetime, timezone
+
+from hipchat_server.app.process import drop_privileges, start_process
+from hipchat_server.indexing import SpoolIndexer
+from hipchat_server.storage.message_index import BULK_TIMEOUT_SECONDS, MessageIndex
+from hipchat_server.storage.opensearch import create_opensearch_client
+
+log = logging.getLogger("hipchat.indexer")
+
+MONTHS_INTERVAL_SECONDS = 3600.0
+MONTHS_RETRY_SECONDS = 60.0  # the cluster was down at the last attempt
+
+
+def keep_months(index: MessageIndex, retention_months: int, stopping: threading.Event) -> None:
+    """Run `MessageIndex.maintain_months` now and then hourly (a minute after a failure) until ``stopping``."""
+    while not stopping.is_set():
+        try:
+            index.maintain_months(datetime.now(timezone.utc), retention_months)
+            wait = MONTHS_INTERVAL_SECONDS
+        except Exception as e:
+            log.warning("cannot create or expire the month indices (%s: %s); trying again in %.0f s", type(e).__name__, e, MONTHS_RETRY_SECONDS)
+            wait = MONTHS_RETRY_SECONDS
+        stopping.wait(wait)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = start_process("hipchat-indexer", "HipChat Server indexer (spool to OpenSearch)", argv)
+    if config is None:
+        return 2
+    drop_privileges(config.server.user)  # a no-op under supervisor's `user =`
+    archive = config.archive
+    if not os.path.isdir(archive.spool_dir):
+        print(f"hipchat-indexer: the spool directory {archive.spool_dir} does not exist; re-run the installer", file=sys.stderr)
+        return 1
+    # A bulk request may retry on the other data node; the client's timeout is per attempt.
+    index = MessageIndex(create_opensearch_client(config.opensearch, timeout=BULK_TIMEOUT_SECONDS), archive.index_prefix)
+    indexer = SpoolIndexer(archive.spool_dir, index)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: indexer.stop())
+    threading.Thread(
+        target=keep_months, args=(index, archive.retention_months, indexer.stopping), name="month-indices", daemon=True
+    ).start()
+    if archive.retention_months:
+        log.info("keeping the current month and the %d before it", archive.retention_months)
+    indexer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
