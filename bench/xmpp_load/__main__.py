@@ -4,6 +4,8 @@
     /opt/hipchat/venv/bin/python bench/xmpp_load --server prosody chat --pairs 20 --rate 200 --duration 10
     /opt/hipchat/venv/bin/python bench/xmpp_load --server ejabberd storm --clients 200
     /opt/hipchat/venv/bin/python bench/xmpp_load --server hipchat users --count 10000
+    /opt/hipchat/venv/bin/python bench/xmpp_load rooms --rooms 10 --occupants 20 --rate 600 --duration 20
+    /opt/hipchat/venv/bin/python bench/xmpp_load ingest --pairs 100 --rate 2000 --duration 30
 
 See bench/README.md. ``--json`` prints the figures as JSON instead of a table.
 """
@@ -19,7 +21,7 @@ if __package__ in (None, ""):  # run as `python bench/xmpp_load`: make the packa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     __package__ = "xmpp_load"
 
-from xmpp_load import scenarios, servers  # noqa: E402
+from xmpp_load import ingest, rooms, scenarios, servers  # noqa: E402
 from xmpp_load.figures import print_table  # noqa: E402
 from xmpp_load.pool import WorkerPool  # noqa: E402
 from xmpp_load.users import ensure_users  # noqa: E402
@@ -69,12 +71,31 @@ def add_scenarios(sub) -> None:
     p.add_argument("--send-rate", type=float, default=200.0)
     p.add_argument("--send-seconds", type=float, default=10.0)
     p.add_argument("--drain", type=float, default=10.0)
+    p = sub.add_parser("rooms", help="R rooms x O occupants (XEP-0045), everyone sending groupchat messages")
+    p.add_argument("--rooms", type=int, default=10)
+    p.add_argument("--occupants", type=int, default=20, help="occupants per room")
+    p.add_argument("--rate", type=float, default=600.0, help="messages per second into the rooms, all together")
+    p.add_argument("--duration", type=float, default=20.0)
+    p.add_argument("--drain", type=float, default=10.0)
+    p.add_argument("--settle", type=float, default=3.0)
+    p.add_argument("--room-service", help="the MUC service domain (default: conference.<domain>)")
+    p = sub.add_parser("ingest", help="one-to-one chat at a rate while measuring how soon messages are searchable")
+    p.add_argument("--pairs", type=int, default=100)
+    p.add_argument("--rate", type=float, default=2000.0)
+    p.add_argument("--duration", type=float, default=30.0)
+    p.add_argument("--drain", type=float, default=10.0)
+    p.add_argument("--settle", type=float, default=3.0)
+    p.add_argument("--samples", type=int, default=400, help="messages whose indexing lag is measured")
+    p.add_argument("--poll", type=float, default=0.1, help="seconds between OpenSearch polls")
+    p.add_argument("--index-wait", type=float, default=60.0,
+                   help="seconds to wait after the run for the last messages to be indexed")
     p = sub.add_parser("users", help="create the bench users <prefix>1..N when missing")
     p.add_argument("--count", type=int, required=True)
 
 
 def users_needed(args) -> int:
-    return {"hold": lambda: args.sessions, "chat": lambda: 2 * args.pairs,
+    return {"hold": lambda: args.sessions, "chat": lambda: 2 * args.pairs, "ingest": lambda: 2 * args.pairs,
+            "rooms": lambda: args.rooms * args.occupants,
             "storm": lambda: args.clients + args.senders, "users": lambda: args.count}[args.scenario]()
 
 
@@ -88,12 +109,22 @@ def run(server: str, args) -> dict:
         if done["created"]:
             print(f"{server}: created {done['created']} bench users", file=sys.stderr)
     workers = args.workers or scenarios.suggested_workers(users_needed(args))
+    if args.scenario == "rooms" and not args.workers:
+        workers = 2  # every occupant receives every message of its room: the receiving side needs both cores
     pool = WorkerPool(workers, options, args.prefix)
     try:
         if args.scenario == "hold":
             return scenarios.hold(pool, target, args.sessions, args.concurrency, args.settle)
         if args.scenario == "chat":
             return scenarios.chat(pool, target, args.pairs, args.rate, args.duration, args.drain, settle=args.settle)
+        if args.scenario == "rooms":
+            return rooms.rooms(pool, target, servers.rooms_service(server, args), args.rooms, args.occupants,
+                               args.rate, args.duration, args.drain, args.settle)
+        if args.scenario == "ingest":
+            urls, alias = servers.opensearch_settings()
+            return ingest.ingest(pool, target, args.pairs, args.rate, args.duration, args.drain, args.settle,
+                                 samples=args.samples, poll=args.poll, index_wait=args.index_wait,
+                                 opensearch_urls=urls, alias=alias)
         return scenarios.storm(pool, target, args.clients, args.spread, args.deadline, args.senders,
                                args.send_rate, args.send_seconds, args.drain)
     finally:

@@ -4,6 +4,11 @@ A client logs in (STARTTLS or direct TLS, SASL SCRAM or PLAIN, resource binding,
 XEP-0198 stream management, initial presence), then sends and receives chat messages whose body
 is ``<sender> <seq> <send time ns>`` so the receiver can check each one arrived exactly once and
 how long it took. Everything it counts goes to the `Tally` of its worker process.
+
+In a room (XEP-0045: `join_room`) every occupant receives every message, so each client keeps
+its own count per (sender, seq) in `room_seen` (one byte per message) and the tally only sums
+deliveries and duplicates. `expect` waits for one stanza matching a predicate (a join's
+self-presence, an iq result); scenarios outside this package (bench/history_search.py) use it too.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ _BODY = re.compile(rb"<body>(\d+) (\d+) (\d+)</body>")
 # a server that answers <r/> only once what preceded it is durable (ours) never needs the re-ask,
 # one that answers at once with what it has so far (Prosody, ejabberd) does.
 ACK_POLL_S = 0.02
-_ID = re.compile(rb"m(\d+)-(\d+)$")
+_ID = re.compile(rb"m(\d+)-(\d+)$")  # searched: the id may carry a run tag before the "m"
+_STANZA_ID = re.compile(rb"<stanza-id\s[^>]*>")
+MUC_NS = "http://jabber.org/protocol/muc"
 _STANZAS = (b"message", b"presence", b"iq")
 
 
@@ -52,6 +59,7 @@ class Options:
     stream_management: bool = True
     request_acks: bool = True
     login_timeout: float = 60.0
+    id_prefix: str = ""  # put before every message id ("<prefix>m<sender>-<seq>"), to tell runs apart
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ca_file) if self.verify else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -73,11 +81,16 @@ class Tally:
     received_since: int = 0  # only messages sent at or after this monotonic ns are counted
     mechanisms: set = field(default_factory=set)
     sm_offered: set = field(default_factory=set)
+    room_deliveries: int = 0  # groupchat messages received, once per (receiver, sender, seq)
+    room_duplicates: int = 0  # ... received again by the same receiver
+    sample_every: int = 0  # record the stanza-id of messages whose seq is a multiple of this (0: none)
+    samples: list = field(default_factory=list)  # (stanza-id, sender, seq, send time ns, receive time ns)
 
     def reset(self, since_ns: int = 0) -> None:
         self.received, self.latencies_ms, self.ack_ms, self.bounced = {}, [], [], {}
         self.errors_without_body = 0
         self.received_since = since_ns
+        self.room_deliveries = self.room_duplicates = 0
 
 
 class Client(asyncio.Protocol):
@@ -86,6 +99,7 @@ class Client(asyncio.Protocol):
     __slots__ = (
         "index", "username", "resource", "options", "tally", "transport", "splitter", "_pending", "_waiter",
         "bound", "closed", "sm", "in_count", "out_count", "unacked", "_poll_pending", "seq", "peer", "sender_id",
+        "room", "room_seen", "_watchers",
     )
 
     def __init__(self, index: int, username: str, options: Options, tally: Tally):
@@ -102,6 +116,9 @@ class Client(asyncio.Protocol):
         self._poll_pending = False  # a re-ask for an ack is scheduled
         self.seq = 0  # messages this client sent, over all its connections
         self.peer: str | None = None  # the bare JID this client chats with
+        self.room: str | None = None  # the room JID this client is an occupant of
+        self.room_seen: dict[int, bytearray] = {}  # sender -> times each seq was received (in the room)
+        self._watchers: list = []  # (predicate(element) -> bool, future): `expect`
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
@@ -120,6 +137,10 @@ class Client(asyncio.Protocol):
         self.closed, self.bound = True, False
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        for _, future in self._watchers:
+            if not future.done():
+                future.set_exception(ConnectionError("connection lost"))
+        self._watchers = []
 
     def abort(self) -> None:
         """Drop the TCP connection at once (RST), as a phone losing its network does."""
@@ -246,26 +267,87 @@ class Client(asyncio.Protocol):
         scram.verify(base64.b64decode(text_of(answer)))
 
     # Sending.
-    def _write_stanza(self, data: bytes) -> None:
+    def _write_stanza(self, data: bytes, seq: int = 0) -> None:
         self.out_count += 1
         if self.sm and self.options.request_acks and data.startswith(b"<message"):
-            self.unacked.append((self.out_count, time.monotonic_ns()))
+            self.unacked.append((self.out_count, time.monotonic_ns(), seq))
             data += b"<r xmlns='urn:xmpp:sm:3'/>"
         self.transport.write(data)
 
-    def send_chat(self, to: str) -> bool:
-        """Send the next numbered message to ``to``; False when not connected."""
+    def send(self, data: bytes) -> None:
+        """Write one stanza (counted for XEP-0198; a message also asks for an ack)."""
+        self._write_stanza(data)
+
+    def send_chat(self, to: str, kind: str = "chat") -> bool:
+        """Send the next numbered message to ``to`` (``kind`` chat or groupchat); False when not connected."""
         if not self.bound or self.closed:
             return False
         self.seq += 1
         self._write_stanza(
-            f"<message to='{escape(to)}' type='chat' id='m{self.sender_id}-{self.seq}'><body>{self.sender_id} {self.seq} "
-            f"{time.monotonic_ns()}</body></message>".encode()
+            f"<message to='{escape(to)}' type='{kind}' id='{self.options.id_prefix}m{self.sender_id}-{self.seq}'>"
+            f"<body>{self.sender_id} {self.seq} {time.monotonic_ns()}</body></message>".encode(),
+            self.seq,
         )
         return True
 
+    def expect(self, predicate) -> asyncio.Future:
+        """A future for the next stanza ``predicate(element)`` accepts (checked before normal handling)."""
+        future = asyncio.get_running_loop().create_future()
+        if self.closed:
+            future.set_exception(ConnectionError("connection closed"))
+        else:
+            self._watchers.append((predicate, future))
+        return future
+
+    async def join_room(self, room: str, nick: str, maxstanzas: int = 0, timeout: float = 30.0) -> dict:
+        """Enter ``room`` as ``nick`` (XEP-0045 7.2) and wait for the self-presence (status 110).
+
+        A room this join created (status 201) is made an instant room: its owner submits an
+        empty configuration form (10.1.2). Returns ``{"created", "seconds"}``; raises LoginError
+        (kind "join refused" / "join timeout" / "configure refused") when it fails.
+        """
+        full = f"{room}/{nick}".encode()
+        quoted = escape(f"{room}/{nick}").encode()
+
+        def self_presence(element: bytes) -> bool:
+            if element_name(element) != b"presence":
+                return False
+            frm = attributes(element).get(b"from")
+            if frm not in (full, quoted):
+                return False
+            return attributes(element).get(b"type") == b"error" or _has_status(element, b"110")
+
+        started = time.monotonic()
+        waiting = self.expect(self_presence)
+        history = f"<history maxstanzas='{maxstanzas}'/>" if maxstanzas is not None else ""
+        self.send(f"<presence to='{escape(room)}/{escape(nick)}'><x xmlns='{MUC_NS}'>{history}</x></presence>".encode())
+        try:
+            answer = await asyncio.wait_for(waiting, timeout)
+        except asyncio.TimeoutError:
+            raise LoginError("join timeout") from None
+        if attributes(answer).get(b"type") == b"error":
+            raise LoginError("join refused", answer[:300].decode(errors="replace"))
+        created = _has_status(answer, b"201")
+        if created:
+            iq_id = f"cfg-{self.index}"
+            done = self.expect(lambda e: element_name(e) == b"iq" and attributes(e).get(b"id") == iq_id.encode())
+            self.send(
+                f"<iq type='set' to='{escape(room)}' id='{iq_id}'><query xmlns='{MUC_NS}#owner'>"
+                f"<x xmlns='jabber:x:data' type='submit'/></query></iq>".encode()
+            )
+            try:
+                reply = await asyncio.wait_for(done, timeout)
+            except asyncio.TimeoutError:
+                raise LoginError("configure timeout") from None
+            if attributes(reply).get(b"type") != b"result":
+                raise LoginError("configure refused", reply[:300].decode(errors="replace"))
+        self.room = room
+        return {"created": created, "seconds": time.monotonic() - started}
+
     # Receiving.
     def _handle(self, element: bytes) -> None:
+        if self._watchers:
+            self._notify(element)
         name = element_name(element)
         if name in _STANZAS:
             self.in_count += 1
@@ -278,11 +360,22 @@ class Client(asyncio.Protocol):
         elif name == b"a":
             self._acked(int(attributes(element).get(b"h", b"0")))
 
+    def _notify(self, element: bytes) -> None:
+        keep = []
+        for predicate, future in self._watchers:
+            if future.done():
+                continue
+            if predicate(element):
+                future.set_result(element)
+            else:
+                keep.append((predicate, future))
+        self._watchers = keep
+
     def _message(self, element: bytes) -> None:
         match = _BODY.search(element)
         if match is None:
             if attributes(element).get(b"type") == b"error":  # a bounce that does not quote the body
-                quoted = _ID.match(attributes(element).get(b"id", b""))
+                quoted = _ID.search(attributes(element).get(b"id", b""))
                 if quoted:
                     self.tally.bounced.setdefault(int(quoted.group(1)), set()).add(int(quoted.group(2)))
                 else:
@@ -292,12 +385,38 @@ class Client(asyncio.Protocol):
         tally = self.tally
         if sent_ns < tally.received_since:
             return
-        if attributes(element).get(b"type") == b"error":
+        kind = attributes(element).get(b"type")
+        if kind == b"error":
             tally.bounced.setdefault(sender, set()).add(seq)
             return
-        seen = tally.received.setdefault(sender, {})
-        seen[seq] = seen.get(seq, 0) + 1
-        tally.latencies_ms.append((time.monotonic_ns() - sent_ns) / 1e6)
+        now = time.monotonic_ns()
+        if kind == b"groupchat":
+            seen = self.room_seen.get(sender)
+            if seen is None:
+                seen = self.room_seen[sender] = bytearray(max(256, 2 * seq))
+            elif seq >= len(seen):
+                seen.extend(bytes(max(len(seen), seq + 1 - len(seen))))
+            if seen[seq]:
+                tally.room_duplicates += 1
+                if seen[seq] < 255:
+                    seen[seq] += 1
+                return
+            seen[seq] = 1
+            tally.room_deliveries += 1
+        else:
+            seen = tally.received.setdefault(sender, {})
+            seen[seq] = seen.get(seq, 0) + 1
+        tally.latencies_ms.append((now - sent_ns) / 1e6)
+        if tally.sample_every and seq % tally.sample_every == 0:
+            tag = _STANZA_ID.search(element)
+            if tag is not None:
+                stanza_id = attributes(tag.group(0)).get(b"id")
+                if stanza_id:
+                    tally.samples.append((stanza_id.decode(), sender, seq, sent_ns, now))
+
+    def unacked_seqs(self) -> list[int]:
+        """Sequence numbers of the messages the server has not acknowledged yet."""
+        return [seq for _, _, seq in self.unacked if seq]
 
     def _answer_iq(self, element: bytes) -> None:
         attrs = attributes(element)
@@ -321,3 +440,8 @@ class Client(asyncio.Protocol):
         self._poll_pending = False
         if self.bound and not self.closed and self.unacked:
             self.transport.write(f"<r xmlns='{SM_NS}'/>".encode())
+
+
+def _has_status(presence: bytes, code: bytes) -> bool:
+    """Whether a MUC presence carries ``<status code='<code>'/>``."""
+    return b"code='" + code + b"'" in presence or b'code="' + code + b'"' in presence

@@ -70,6 +70,30 @@ ROWS = {
         ("ack_p99_ms", "XEP-0198 ack p99 (ms)"),
         ("unacked", "messages never acked"),
     ],
+    "rooms": [
+        ("rooms", "rooms"),
+        ("occupants_per_room", "occupants per room"),
+        ("occupants_joined", "occupants joined"),
+        ("rooms_created", "rooms created by this run"),
+        ("join_p50_ms", "join p50 (ms)"),
+        ("target_rate_per_s", "target rate (msg/s into rooms)"),
+        ("send_rate_per_s", "achieved send rate (msg/s)"),
+        ("duration_s", "duration (s)"),
+        ("messages_sent", "messages sent"),
+        ("deliveries_expected", "deliveries expected (msgs x occupants)"),
+        ("deliveries_received", "deliveries received (unique)"),
+        ("lost", "lost"),
+        ("duplicates", "duplicates"),
+        ("bounced", "bounced with an error"),
+        ("deliveries_per_s", "deliveries/s"),
+        ("latency_p50_ms", "latency p50 (ms)"),
+        ("latency_p95_ms", "latency p95 (ms)"),
+        ("latency_p99_ms", "latency p99 (ms)"),
+        ("latency_max_ms", "latency max (ms)"),
+        ("ack_p50_ms", "XEP-0198 ack p50 (ms)"),
+        ("ack_p99_ms", "XEP-0198 ack p99 (ms)"),
+        ("unacked", "messages never acked"),
+    ],
     "storm": [
         ("clients", "clients in the storm"),
         ("reconnect_spread_s", "reconnects spread over (s)"),
@@ -88,6 +112,21 @@ ROWS = {
     ],
 }
 
+ROWS["ingest"] = ROWS["chat"] + [
+    ("samples", "messages sampled for the indexing lag"),
+    ("samples_never_visible", "... never visible in OpenSearch"),
+    ("index_lag_p50_s", "indexing lag p50 (s)"),
+    ("index_lag_p95_s", "indexing lag p95 (s)"),
+    ("index_lag_p99_s", "indexing lag p99 (s)"),
+    ("index_lag_max_s", "indexing lag max (s)"),
+    ("index_poll_s", "OpenSearch polled every (s)"),
+    ("acked", "messages acknowledged"),
+    ("indexed_docs", "documents of the run in OpenSearch"),
+    ("acked_not_indexed", "acknowledged, not in OpenSearch"),
+    ("indexed_duplicates", "duplicate documents"),
+    ("indexed_not_acked", "in OpenSearch, not acknowledged"),
+]
+
 TARGETS = {
     "hold": {
         "sessions_bound": ">= 10,000",
@@ -100,6 +139,22 @@ TARGETS = {
         "lost": "0",
         "latency_p99_ms": "< 100",
         "ack_p50_ms": "durable before ack",
+    },
+    "rooms": {
+        "rooms": "10",
+        "occupants_per_room": "20",
+        "deliveries_per_s": ">= 12,000",
+        "lost": "0",
+        "duplicates": "0",
+        "latency_p99_ms": "< 100",
+        "ack_p50_ms": "durable before ack",
+    },
+    "ingest": {
+        "achieved_rate_per_s": ">= 2,000",
+        "lost": "0",
+        "index_lag_p99_s": "< 2",
+        "acked_not_indexed": "0",
+        "indexed_duplicates": "0",
     },
     "storm": {
         "clients": "5,000",

@@ -46,6 +46,15 @@ class WorkerPool:
             raise WorkerError(f"worker {worker}: {value}")
         return value
 
+    def ready(self, ticket: tuple[int, int]) -> bool:
+        """Whether the answer to ``ticket`` has arrived (reads what is there, never blocks)."""
+        worker, command_id = ticket
+        answers, connection = self._answers[worker], self.connections[worker]
+        while command_id not in answers and connection.poll():
+            got_id, result = connection.recv()
+            answers[got_id] = result
+        return command_id in answers
+
     def call_all(self, op: str, args_per_worker: list[dict]) -> list:
         """Run ``op`` on every worker at once (worker i gets ``args_per_worker[i]``); their answers in order."""
         tickets = [self.start(i, op, **args) for i, args in enumerate(args_per_worker)]

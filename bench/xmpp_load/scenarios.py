@@ -140,11 +140,14 @@ def hold(pool: WorkerPool, target: Target, sessions: int, concurrency: int = 400
 
 
 def chat(pool: WorkerPool, target: Target, pairs: int, rate: float, duration: float, drain: float = 10.0,
-         concurrency: int = 200, settle: float = 3.0) -> dict:
+         concurrency: int = 200, settle: float = 3.0, observer=None) -> dict:
     """``pairs`` pairs chat both ways at ``rate`` messages/s in total for ``duration`` seconds.
 
     Sending starts ``settle`` seconds after the last login, so the figures are those of steady
     chat, not of the logins' own presence and roster work (hold and storm measure logins).
+    An ``observer`` (the ingest scenario's) is told when sending starts (``started()``), gets a
+    ``tick()`` about every 0.1 s while messages are sent and drained, and ``finish(result,
+    sent_ranges)`` before the clients close; what it returns is the result.
     """
     notes = []
     pair_ids = [(2 * k + 1, 2 * k + 2) for k in range(pairs)]
@@ -158,8 +161,14 @@ def chat(pool: WorkerPool, target: Target, pairs: int, rate: float, duration: fl
     for share in shares:
         routes = [(a, target.jid(b)) for a, b in share] + [(b, target.jid(a)) for a, b in share]
         sends.append({"routes": routes, "rate": rate * len(share) / pairs, "duration": duration})
+    if observer is not None:
+        observer.started()
     start = time.monotonic()
-    answers = pool.call_all("send", sends)
+    tickets = [pool.start(i, "send", **args) for i, args in enumerate(sends)]
+    while observer is not None and not all(pool.ready(t) for t in tickets):
+        observer.tick()
+        time.sleep(0.1)
+    answers = [pool.wait(t) for t in tickets]
     sent_ranges = {k: v for a in answers for k, v in a["sent"].items()}
     expected = sum(last - first + 1 for first, last in sent_ranges.values())
     total = {"received": {}, "latencies_ms": [], "ack_ms": [], "bounced": {}, "errors_without_body": 0, "unacked": 0}
@@ -174,6 +183,8 @@ def chat(pool: WorkerPool, target: Target, pairs: int, rate: float, duration: fl
             break
         if time.monotonic() > deadline:
             break
+        if observer is not None:
+            observer.tick()
         time.sleep(0.1)
     # Received messages over the time from the first send until the last arrived (or the drain ended).
     window = max(duration, (all_in_at or time.monotonic()) - start - 0.1)
@@ -192,8 +203,11 @@ def chat(pool: WorkerPool, target: Target, pairs: int, rate: float, duration: fl
         notes.append("XEP-0198 not offered: latency is send->receive only, durable ack n/a")
     if total["errors_without_body"]:
         notes.append(f"{total['errors_without_body']} error bounces did not quote the message")
+    result = {"server": target.name, "scenario": "chat", "figures": figures, "notes": notes}
+    if observer is not None:
+        result = observer.finish(result, sent_ranges)
     pool.call_all("close", [{}] * len(pool))
-    return {"server": target.name, "scenario": "chat", "figures": figures, "notes": notes}
+    return result
 
 
 def storm(pool: WorkerPool, target: Target, clients: int, spread: float = 1.0, deadline: float = 60.0,

@@ -82,7 +82,77 @@ class Worker:
                 "mechanisms": sorted(self.tally.mechanisms), "sm_offered": sorted(self.tally.sm_offered),
                 "sm_enabled": sum(1 for i in ids if self.clients[i].sm)}
 
-    async def op_send(self, routes: list[tuple[int, str]], rate: float, duration: float) -> dict:
+    async def op_configure(self, id_prefix: str | None = None, sample_every: int | None = None) -> dict:
+        """Set the message-id run tag and the stanza-id sampling of this worker's clients."""
+        if id_prefix is not None:
+            self.options.id_prefix = id_prefix
+        if sample_every is not None:
+            self.tally.sample_every = sample_every
+        return {}
+
+    async def op_join(self, joins: list[tuple[int, str, str]], concurrency: int = 50, maxstanzas: int = 0,
+                      timeout: float = 30.0) -> dict:
+        """Each (client index, room JID, nick) enters its room; join times, rooms created, failures by kind."""
+        semaphore = asyncio.Semaphore(concurrency)
+        seconds: list[float] = []
+        failures: Counter = Counter()
+        details: list[str] = []
+        created = 0
+
+        async def one(index: int, room: str, nick: str) -> None:
+            nonlocal created
+            async with semaphore:
+                try:
+                    done = await self.client(index).join_room(room, nick, maxstanzas, timeout)
+                except Exception as e:  # noqa: BLE001 - counted by kind
+                    failures[_failure_kind(e)] += 1
+                    if len(details) < 3:
+                        details.append(str(e)[:300])
+                    return
+                seconds.append(done["seconds"])
+                created += done["created"]
+
+        await asyncio.gather(*(one(*j) for j in joins))
+        return {"seconds": seconds, "created": created, "failures": dict(failures), "details": details}
+
+    async def op_room_count(self, members: dict, sent: dict) -> dict:
+        """Exact accounting of the room messages this worker's occupants got.
+
+        ``members``: room JID -> sender indexes; ``sent``: sender index -> (first, last) seq.
+        Every occupant should have each message of its room's senders once.
+        """
+        expected = received = duplicates = 0
+        lost_by_room: Counter = Counter()
+        for client in self.clients.values():
+            if client.room is None:
+                continue
+            for sender in members.get(client.room, ()):
+                first, last = sent.get(sender, (1, 0))
+                if last < first:
+                    continue
+                window = bytes(client.room_seen.get(sender, b"")[first : last + 1])
+                got = len(window) - window.count(0)
+                expected += last - first + 1
+                received += got
+                duplicates += sum(window) - got
+                lost_by_room[client.room] += last - first + 1 - got
+        return {"expected": expected, "received": received, "duplicates": duplicates,
+                "lost_by_room": {k: v for k, v in lost_by_room.items() if v}}
+
+    async def op_occupants(self) -> list[int]:
+        """Indexes of this worker's clients that are in a room and still connected."""
+        return [c.index for c in self.clients.values() if c.room is not None and c.bound]
+
+    async def op_samples(self) -> list:
+        """The stanza-ids sampled since the last call (see `Tally.samples`)."""
+        samples, self.tally.samples = self.tally.samples, []
+        return samples
+
+    async def op_unacked(self) -> dict:
+        """Sender index -> seqs its server has not acknowledged yet."""
+        return {c.index: c.unacked_seqs() for c in self.clients.values() if c.unacked}
+
+    async def op_send(self, routes: list[tuple[int, str]], rate: float, duration: float, kind: str = "chat") -> dict:
         """Clients send numbered messages along ``routes`` (client index, to) at ``rate`` per second in total."""
         senders = [(self.client(i), to) for i, to in routes]
         first = {c.index: c.seq + 1 for c, _ in senders}
@@ -97,7 +167,7 @@ class Worker:
             for _ in range(due):
                 client, to = senders[k % len(senders)]
                 k += 1
-                if client.send_chat(to):
+                if client.send_chat(to, kind):
                     sent += 1
                 else:
                     skipped += 1
@@ -110,7 +180,8 @@ class Worker:
         t = self.tally
         result = {"received": t.received, "latencies_ms": t.latencies_ms, "ack_ms": t.ack_ms,
                   "bounced": {k: sorted(v) for k, v in t.bounced.items()}, "errors_without_body": t.errors_without_body,
-                  "unacked": sum(len(c.unacked) for c in self.clients.values())}
+                  "unacked": sum(len(c.unacked) for c in self.clients.values()),
+                  "room_deliveries": t.room_deliveries, "room_duplicates": t.room_duplicates}
         t.reset(reset_since_ns or 0)
         return result
 
