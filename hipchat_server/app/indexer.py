@@ -49,13 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(archive.spool_dir):
         print(f"hipchat-indexer: the spool directory {archive.spool_dir} does not exist; re-run the installer", file=sys.stderr)
         return 1
+    # The client logs every request at INFO: several lines a second under load, nothing an operator needs.
+    logging.getLogger("opensearch").setLevel(logging.WARNING)
     # A bulk request may retry on the other data node; the client's timeout is per attempt.
     index = MessageIndex(create_opensearch_client(config.opensearch, timeout=BULK_TIMEOUT_SECONDS), archive.index_prefix)
+    # The month thread has its own client: a client's connection pool keeps one connection per node.
+    months = MessageIndex(create_opensearch_client(config.opensearch), archive.index_prefix)
     indexer = SpoolIndexer(archive.spool_dir, index)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: indexer.stop())
     threading.Thread(
-        target=keep_months, args=(index, archive.retention_months, indexer.stopping), name="month-indices", daemon=True
+        target=keep_months, args=(months, archive.retention_months, indexer.stopping), name="month-indices", daemon=True
     ).start()
     if archive.retention_months:
         log.info("keeping the current month and the %d before it", archive.retention_months)

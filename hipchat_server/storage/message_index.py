@@ -103,6 +103,8 @@ class MessageIndex:
         from opensearchpy.exceptions import RequestError
 
         name = month_index(self.prefix, year, month)
+        if self.client.indices.exists(index=name, request_timeout=ADMIN_TIMEOUT_SECONDS):
+            return False  # asked first: the client logs a refused PUT as a warning
         try:
             self.client.indices.create(index=name, request_timeout=ADMIN_TIMEOUT_SECONDS)
         except RequestError as e:

@@ -60,6 +60,9 @@ class FakeIndices:
         self.existing.add(index)
         self.created.append(index)
 
+    def exists(self, index, request_timeout):
+        return index in self.existing
+
     def get(self, index, allow_no_indices, expand_wildcards, request_timeout):
         prefix = index.rstrip("*")
         return {name: {} for name in self.existing if name.startswith(prefix)}
