@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import os
 import shutil
+import time
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,6 +22,10 @@ from hipchat_server.config import Config
 DISK_WARNING_PERCENT = 80
 # The seed's lesson: a JVM heap constantly above 75% is heading for long GC pauses.
 HEAP_WARNING_PERCENT = 75
+# Messages are normally indexed within 2 s; one waiting this long means indexing is behind.
+INDEXING_BEHIND_SECONDS = 30
+# The indexer has not indexed anything for this long while messages wait: it is stuck or down.
+INDEXER_STALLED_SECONDS = 60
 
 
 @dataclass
@@ -218,6 +223,76 @@ def check_disk(data_dirs: dict[str, str]) -> Section:
     return section
 
 
+def check_spool(archive, now: float | None = None) -> Section:
+    """The durable spool and the indexer draining it: backlog, oldest waiting message, last success, free disk.
+
+    The backlog is measured on disk from the positions the indexer last
+    saved, so it is right even when the indexer is not running.
+    """
+    from hipchat_server.indexing import STATUS_FILE, parse_timestamp, read_status, saved_position
+    from hipchat_server.storage.spool_tail import backlog_bytes, first_unindexed
+
+    now = time.time() if now is None else now
+    section = Section("spool")
+    spool_dir = archive.spool_dir
+    if not os.path.isdir(spool_dir):
+        section.problem(f"the spool directory {spool_dir} is missing; re-run the installer")
+        return section
+    status = read_status(spool_dir) or {}
+    rows, backlog, oldest = [], 0, None
+    for entry in sorted(os.scandir(spool_dir), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        position = saved_position(status, entry.name)
+        try:
+            waiting = backlog_bytes(entry.path, position)
+            first = first_unindexed(entry.path, position) if waiting else None
+        except OSError as e:
+            section.warnings.append(f"cannot read the spool {entry.path}: {e}")
+            continue
+        stamp = first.get("timestamp") if isinstance(first, dict) else None
+        rows.append({"name": entry.name, "backlog_bytes": waiting, "oldest_unindexed": stamp})
+        backlog += waiting
+        if isinstance(stamp, str) and (oldest is None or stamp < oldest):
+            oldest = stamp
+    oldest_age = round(now - parse_timestamp(oldest), 1) if oldest else None
+    last_success = status.get("last_success")
+    # Without a success yet, count from the indexer's start (or, never started, from the oldest message).
+    since = last_success or status.get("started")
+    quiet_for = round(now - parse_timestamp(since), 1) if since else oldest_age
+    usage = shutil.disk_usage(spool_dir)
+    section.details.update(
+        backlog_bytes=backlog,
+        directories=rows,
+        oldest_unindexed=oldest,
+        oldest_unindexed_age_seconds=oldest_age,
+        last_success=last_success,
+        last_error=status.get("last_error"),
+        last_error_at=status.get("last_error_at"),
+        indexer_status_file=os.path.join(spool_dir, STATUS_FILE) if status else None,
+        last_minute=status.get("last_minute") or {},
+        filesystem_free_bytes=usage.free,
+    )
+    # The indexer's last error, when nothing succeeded since: what the operator should look at.
+    failing = status.get("last_error") and (status.get("last_error_at") or "") >= (last_success or "")
+    error = f" (last error: {status['last_error']})" if failing else ""
+    waiting = f"{backlog / 2**20:.1f} MiB"
+    if backlog > archive.spool_warn_bytes:
+        section.warnings.append(f"{waiting} of messages wait to be indexed (warning above {archive.spool_warn_bytes / 2**20:.0f} MiB){error}")
+    # The age guard ignores a message that arrived since the indexer last wrote its status file.
+    if backlog and quiet_for is not None and quiet_for > INDEXER_STALLED_SECONDS and (oldest_age is None or oldest_age > 5):
+        section.warnings.append(f"the indexer has not indexed anything for {quiet_for:.0f} s while {waiting} wait{error}")
+    elif oldest_age is not None and oldest_age > INDEXING_BEHIND_SECONDS:
+        section.warnings.append(f"indexing is behind: the oldest message not yet indexed is {oldest_age:.0f} s old{error}")
+    min_free = archive.spool_min_free_mb * 1024 * 1024
+    free_mb = usage.free // (1024 * 1024)
+    if usage.free < min_free:
+        section.problem(f"only {free_mb} MiB free on the spool's filesystem: new messages are refused below {archive.spool_min_free_mb} MiB")
+    elif usage.free < 2 * min_free:
+        section.warnings.append(f"only {free_mb} MiB free on the spool's filesystem; new messages are refused below {archive.spool_min_free_mb} MiB")
+    return section
+
+
 def collect_status(chat_server) -> StatusReport:
     config = chat_server.get_config()
     return StatusReport(
@@ -226,6 +301,7 @@ def collect_status(chat_server) -> StatusReport:
             check_opensearch(chat_server.get_opensearch_client()),
             check_redis(config.redis),
             check_mariadb(chat_server.get_database_engine()),
+            check_spool(config.archive),
             check_disk(config.appliance.data_dirs),
         ]
     )

@@ -18,6 +18,25 @@ def _human_bytes(n: int) -> str:
     return str(n)
 
 
+def render_spool(console: Console, spool) -> None:
+    """The message indexing line: what waits in the spool, since when, and how the indexer is doing."""
+    if spool is None or "backlog_bytes" not in spool.details:
+        return
+    d = spool.details
+    waiting = ", ".join(f"{r['name']} {_human_bytes(r['backlog_bytes'])}" for r in d["directories"] if r["backlog_bytes"])
+    age = d["oldest_unindexed_age_seconds"]
+    minute = d["last_minute"]
+    parts = [
+        f"backlog {_human_bytes(d['backlog_bytes'])}" + (f" ({waiting})" if waiting else ""),
+        f"oldest waiting {age:.0f} s" if age is not None else "nothing waiting",
+        f"last success {d['last_success'] or 'never'}",
+    ]
+    if minute:
+        parts.append(f"last minute {minute['records_per_second']:.0f} records/s, lag p99 {minute['lag_p99_ms']} ms")
+    parts.append(f"spool disk free {_human_bytes(d['filesystem_free_bytes'])}")
+    console.print("[bold]Message indexing[/bold]: " + "; ".join(parts))
+
+
 def render_status(console: Console, report: StatusReport) -> None:
     by_name = {s.name: s for s in report.sections}
 
@@ -58,6 +77,8 @@ def render_status(console: Console, report: StatusReport) -> None:
     mariadb = by_name["mariadb"]
     console.print(f"[bold]MariaDB[/bold]: {mariadb.details.get('version', 'unreachable')}, schema revision "
                   f"{mariadb.details.get('schema_revision')} (code {mariadb.details.get('code_revision')})")
+
+    render_spool(console, by_name.get("spool"))
 
     disk = Table(title="Disk use")
     disk.add_column("data")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance.lib.status import StatusReport, check_disk, check_opensearch
+from appliance.lib.status import StatusReport, check_disk, check_opensearch, check_spool
 
 
 class FakeOpenSearch:
@@ -72,3 +72,125 @@ def test_report_is_healthy_only_when_every_section_is():
     bad = check_opensearch(FakeOpenSearch(ConnectionError("x"), []))
     assert StatusReport([good]).healthy
     assert not StatusReport([good, bad]).healthy
+
+
+# The spool and the indexer draining it.
+def _spool_with_backlog(tmp_path, stamp: str, status: dict | None):
+    """A spool dir with one record stamped ``stamp`` waiting in xmpp-0, and the indexer's status file."""
+    import json
+
+    from hipchat_server.storage.spool import encode_frame
+
+    spool_dir = tmp_path / "spool"
+    (spool_dir / "xmpp-0").mkdir(parents=True)
+    (spool_dir / "xmpp-0" / "000000000001.seg").write_bytes(encode_frame({"id": "01J", "timestamp": stamp}))
+    if status is not None:
+        (spool_dir / "indexer-status.json").write_text(json.dumps(status))
+    return spool_dir
+
+
+def _archive(spool_dir, **overrides):
+    from hipchat_server.config import ArchiveConfig
+
+    return ArchiveConfig(spool_dir=str(spool_dir), **{"spool_min_free_mb": 1, **overrides})
+
+
+SPOOL_NOW = 1795684530.0  # 2026-11-26T09:15:30Z
+
+
+def test_an_indexer_keeping_up_is_quiet(tmp_path):
+    """A message spooled a second ago, the indexer successful a second ago: backlog shown, no warning."""
+    status = {"started": "2026-11-26T09:00:00.000Z", "last_success": "2026-11-26T09:15:29.000Z"}
+    spool_dir = _spool_with_backlog(tmp_path, "2026-11-26T09:15:29.500Z", status)
+    section = check_spool(_archive(spool_dir), now=SPOOL_NOW)
+    assert section.healthy and section.warnings == []
+    assert section.details["backlog_bytes"] > 0
+    assert section.details["oldest_unindexed_age_seconds"] == 0.5
+
+
+def test_a_stalled_indexer_warns_with_its_last_error(tmp_path):
+    """No success for over 60 s while messages wait is a warning naming the indexer's last error."""
+    status = {
+        "started": "2026-11-26T09:00:00.000Z",
+        "last_success": "2026-11-26T09:13:00.000Z",
+        "last_error": "bulk request of 3 records failed: ConnectionError",
+        "last_error_at": "2026-11-26T09:15:29.000Z",
+    }
+    spool_dir = _spool_with_backlog(tmp_path, "2026-11-26T09:14:00.000Z", status)
+    section = check_spool(_archive(spool_dir), now=SPOOL_NOW)
+    assert section.healthy
+    [warning] = section.warnings
+    assert warning.startswith("the indexer has not indexed anything for 150 s while 0.0 MiB wait")
+    assert "last error: bulk request of 3 records failed" in warning
+
+
+def test_a_message_waiting_over_30_s_warns_that_indexing_is_behind(tmp_path):
+    """The indexer succeeds, but the oldest waiting message is 45 s old: indexing is behind."""
+    status = {"started": "2026-11-26T09:00:00.000Z", "last_success": "2026-11-26T09:15:25.000Z"}
+    spool_dir = _spool_with_backlog(tmp_path, "2026-11-26T09:14:45.000Z", status)
+    section = check_spool(_archive(spool_dir), now=SPOOL_NOW)
+    assert section.warnings == ["indexing is behind: the oldest message not yet indexed is 45 s old"]
+
+
+def test_a_message_that_just_arrived_after_a_quiet_hour_does_not_warn(tmp_path):
+    """An idle indexer's old last success is no stall when the only waiting message is a moment old."""
+    status = {"started": "2026-11-26T08:00:00.000Z", "last_success": "2026-11-26T08:10:00.000Z"}
+    spool_dir = _spool_with_backlog(tmp_path, "2026-11-26T09:15:29.800Z", status)
+    assert check_spool(_archive(spool_dir), now=SPOOL_NOW).warnings == []
+
+
+def test_a_backlog_above_the_warning_size_warns(tmp_path):
+    """More spooled than spool_warn_bytes is a warning even while the indexer keeps succeeding."""
+    status = {"started": "2026-11-26T09:00:00.000Z", "last_success": "2026-11-26T09:15:29.000Z"}
+    spool_dir = _spool_with_backlog(tmp_path, "2026-11-26T09:15:29.500Z", status)
+    section = check_spool(_archive(spool_dir, spool_warn_bytes=10), now=SPOOL_NOW)
+    assert section.warnings[0].endswith("of messages wait to be indexed (warning above 0 MiB)")
+
+
+def test_indexed_positions_from_the_status_file_are_not_backlog(tmp_path):
+    """Bytes before the position the indexer saved are indexed: no backlog, nothing waiting."""
+    spool_dir = _spool_with_backlog(tmp_path, "2026-11-26T09:00:00.000Z", None)
+    size = (spool_dir / "xmpp-0" / "000000000001.seg").stat().st_size
+    import json
+
+    (spool_dir / "indexer-status.json").write_text(
+        json.dumps({"last_success": "2026-11-26T09:00:01.000Z", "directories": {"xmpp-0": {"segment": 1, "offset": size}}})
+    )
+    section = check_spool(_archive(spool_dir), now=SPOOL_NOW)
+    assert section.details["backlog_bytes"] == 0 and section.details["oldest_unindexed"] is None
+    assert section.warnings == []
+
+
+def test_low_disk_under_the_spool_warns_then_fails(tmp_path, monkeypatch):
+    """Below twice spool_min_free_mb free is a warning; below it (messages refused) a problem."""
+    import shutil
+    from collections import namedtuple
+
+    spool_dir = _spool_with_backlog(tmp_path, "2026-11-26T09:15:29.500Z", {"last_success": "2026-11-26T09:15:29.000Z"})
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 0, 1500 << 20))
+    section = check_spool(_archive(spool_dir, spool_min_free_mb=1000), now=SPOOL_NOW)
+    assert section.healthy and section.warnings == ["only 1500 MiB free on the spool's filesystem; new messages are refused below 1000 MiB"]
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 0, 500 << 20))
+    section = check_spool(_archive(spool_dir, spool_min_free_mb=1000), now=SPOOL_NOW)
+    assert not section.healthy
+    assert section.problems == ["only 500 MiB free on the spool's filesystem: new messages are refused below 1000 MiB"]
+
+
+def test_a_missing_spool_directory_is_a_problem(tmp_path):
+    """Without the spool directory no message can be stored."""
+    section = check_spool(_archive(tmp_path / "nope"))
+    assert not section.healthy and "is missing" in section.problems[0]
+
+
+def test_the_indexing_line_is_rendered(tmp_path):
+    """The status screen has a Message indexing line with the backlog per directory and the oldest message's age."""
+    from rich.console import Console
+
+    from appliance.lib.status_view import render_spool
+
+    spool_dir = _spool_with_backlog(tmp_path, "2026-11-26T09:15:20.000Z", {"last_success": "2026-11-26T09:15:29.000Z"})
+    console = Console(record=True, width=300)
+    render_spool(console, check_spool(_archive(spool_dir), now=SPOOL_NOW))
+    text = console.export_text()
+    assert "Message indexing: backlog" in text and "(xmpp-0 " in text and "oldest waiting 10 s" in text
