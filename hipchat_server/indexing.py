@@ -195,7 +195,15 @@ class SpoolIndexer:
     def run(self) -> None:
         log.info("indexing the spools under %s into %s-YYYY.MM", self.spool_dir, self.index.prefix)
         while not self.stopping.is_set():
-            if not self.run_once():
+            try:
+                worked = self.run_once()
+            except Exception as e:  # a bug or an unwritable dead-letter file: say so, keep going
+                log.exception("indexing failed")
+                self._error(f"indexing failed: {type(e).__name__}: {e}")
+                self.write_status()
+                self.stopping.wait(RETRY_MAX_SECONDS)
+                continue
+            if not worked:
                 self.stopping.wait(IDLE_POLL_SECONDS)
         self.write_status(force=True)
         log.info("indexer stopped")
@@ -242,7 +250,10 @@ class SpoolIndexer:
             try:
                 payloads, position = tail.read(records_left, bytes_left)
             except OSError as e:
-                self._read_error(name, f"cannot read spool {name}: {e}")
+                if isinstance(e, FileNotFoundError) and not os.path.isdir(tail.directory):
+                    del self.tails[name]  # removed since we listed the spools (a test's, a retired process's)
+                else:
+                    self._read_error(name, f"cannot read spool {name}: {e}")
                 continue
             self._read_errors.pop(name, None)
             records_left -= len(payloads)
