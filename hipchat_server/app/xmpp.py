@@ -23,6 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from hipchat_server.app.process import GarbageCollectionWatch, drop_privileges, start_process, tune_garbage_collection
 from hipchat_server.config import Config
+from hipchat_server.history import history_for
 from hipchat_server.routing import ClusterRouter, DeliveryListener
 from hipchat_server.server import ChatServer, process_name
 from hipchat_server.presence import PresenceService
@@ -35,6 +36,7 @@ from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
 from hipchat_server.xmpp.bind import SessionTable
 from hipchat_server.xmpp.c2s import ClientFactory
 from hipchat_server.xmpp.login_throttle import LoginThrottle
+from hipchat_server.xmpp.mam import MamService
 from hipchat_server.xmpp.sasl import SaslServer
 from hipchat_server.xmpp.tls import server_tls_options
 from hipchat_server.xmpp.vcard import VCardService
@@ -127,6 +129,9 @@ def build_factories(
         domain, RosterStore(engine), PresenceStore(chat_server.get_redis_primary()), router, threads.deferToThread
     )
     VCardService(VCardStore(engine), threads.deferToThread).register(router)
+    # History (XEP-0313) of one's own conversations; the rooms service hands room queries to mam.room_query.
+    mam = MamService(history_for(chat_server, run_redis=router.run_blocking))
+    mam.register(router)
     starttls = ClientFactory(domain, sasl_server, router, tls_options, **shared)
     direct = ClientFactory(domain, sasl_server, router, tls_options, direct_tls=True, **shared)
     return starttls, direct

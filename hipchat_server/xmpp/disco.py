@@ -6,6 +6,7 @@ from twisted.words.xish import domish
 
 from hipchat_server.xmpp import caps
 from hipchat_server.xmpp.carbons import CARBONS_NS
+from hipchat_server.xmpp.mam import FULLTEXT_NS, MAM_EXTENDED_FEATURE, MAM_NS
 from hipchat_server.xmpp.ping import PING_NS
 from hipchat_server.xmpp.vcard import VCARD_NS
 from hipchat_server.xmpp.version import VERSION_NS
@@ -22,6 +23,9 @@ SERVER_FEATURES = (
     CARBONS_NS,
     DISCO_INFO_NS,
     DISCO_ITEMS_NS,
+    FULLTEXT_NS,
+    MAM_NS,
+    MAM_EXTENDED_FEATURE,
     OFFLINE_FEATURE,
     PING_NS,
     VCARD_NS,

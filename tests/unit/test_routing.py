@@ -376,6 +376,9 @@ def test_disco_info_names_the_server_and_only_features_it_answers():
         "urn:xmpp:carbons:2",
         "msgoffline",
         "vcard-temp",
+        "urn:xmpp:mam:2",
+        "urn:xmpp:mam:2#extended",
+        "urn:xmpp:fulltext:0",
     }
 
 
