@@ -119,9 +119,12 @@ class IndexingStats:
         self.rejected_total += rejected
         self.batches += 1
         stamps = [r["timestamp"] for r in records if isinstance(r.get("timestamp"), str)]
-        if stamps:
-            self.lags.append(max(0.0, now - parse_timestamp(max(stamps))))
-            self.oldest_lag = max(self.oldest_lag, now - parse_timestamp(min(stamps)))
+        try:
+            newest, oldest = parse_timestamp(max(stamps)), parse_timestamp(min(stamps))
+        except ValueError:  # no records, or a malformed timestamp (OpenSearch rejected that one)
+            return
+        self.lags.append(max(0.0, now - newest))
+        self.oldest_lag = max(self.oldest_lag, now - oldest)
 
     def summarise(self, seconds: float) -> dict:
         lags = sorted(self.lags)

@@ -259,6 +259,19 @@ def test_a_record_rejected_for_good_is_dead_lettered_and_the_rest_goes_on(spool_
     assert indexer.stats.rejected_total == 1
 
 
+def test_a_record_with_a_malformed_timestamp_is_dead_lettered_and_does_not_stall_the_spool(spool_dir, client):
+    """OpenSearch refuses a record whose timestamp is no date (400); it is dead-lettered and the next batch follows."""
+    bad = {**record(0), "timestamp": "2026-11-xxT00:00:00Z"}
+    write_segment(spool_dir / "xmpp-0", 1, [bad, record(1)])
+    client.answers = [lambda _id: 400 if _id == bad["id"] else 201]
+    indexer = make_indexer(spool_dir, client)
+    drain(indexer)
+    write_segment(spool_dir / "xmpp-0", 1, [record(2)])
+    drain(indexer)
+    assert client.requests == [[bad["id"], record(1)["id"]], [record(2)["id"]]]
+    assert indexer.stats.rejected_total == 1
+
+
 def test_a_frame_that_is_not_a_message_record_is_dead_lettered_without_being_sent(spool_dir, client):
     """A CRC-valid frame that is not JSON, or has no id, never reaches OpenSearch and does not block the spool."""
     bad = b"not json"
@@ -418,6 +431,8 @@ def test_lag_percentiles_are_of_the_newest_record_of_each_batch():
     assert summary["lag_p99_ms"] == 2000
     assert summary["longest_wait_ms"] == 2000
     assert percentile([], 0.99) == 0.0
+    stats.batch([{"timestamp": "2026-11-xx"}], 1, NOW)  # rejected by OpenSearch for its date; no lag, no crash
+    assert stats.summarise(60)["rejected"] == 1
 
 
 # Month indices and retention.
