@@ -377,8 +377,14 @@ def parse_documents(payloads: list[bytes], origin: str) -> tuple[list[Document],
         except ValueError as e:
             bad.append((payload, f"not JSON: {e}"))
             continue
-        if not isinstance(record, dict) or not isinstance(record.get("id"), str) or not isinstance(record.get("timestamp"), str) or len(record["timestamp"]) < 7:
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str) or not isinstance(record.get("timestamp"), str):
             bad.append((payload, "not a message record (no id or timestamp)"))
+            continue
+        try:
+            parse_timestamp(record["timestamp"])
+        except ValueError:
+            # Its month index would be named after garbage (and auto-created): never send it.
+            bad.append((payload, f"the timestamp {record['timestamp']!r} is not ISO 8601"))
             continue
         documents.append(Document(record, payload, origin))
     return documents, bad
