@@ -22,6 +22,7 @@ from twisted.web import resource, server
 from hipchat_server import __version__, health
 from hipchat_server.app.process import drop_privileges, start_process
 from hipchat_server.app.xmpp import open_session_directory, start_frontend
+from hipchat_server.rest import api_root
 from hipchat_server.server import ChatServer
 from hipchat_server.xmpp import websocket
 
@@ -81,6 +82,7 @@ class HealthResource(resource.Resource):
 def build_site(chat_server: ChatServer, websocket_factory: websocket.XmppWebSocketFactory | None = None) -> server.Site:
     root = resource.Resource()
     root.putChild(b"health", HealthResource(chat_server))
+    root.putChild(b"v2", api_root(chat_server))  # REST API v2: search, messages
     if websocket_factory is not None:
         root.putChild(websocket.PATH, WebSocketResource(websocket_factory))
     return server.Site(root)

@@ -1,0 +1,216 @@
+"""Search over every message a user may see: Lucene query syntax, highlights, facets, newest or most relevant first.
+
+A query is Lucene's syntax (``deploy AND from:alice``, ``"exact phrase"``,
+``deplo*``, ``-lunch``) over the message body, with shortcuts:
+``from:alice`` (a sender: the account, or a room nickname), ``room:eng`` and
+``in:eng`` (a room), ``with:bob`` (one's one-to-one conversation with bob).
+Any other ``word:`` is searched as text, so a colon in a sentence never
+turns into a field query. Within limits: at most `MAX_QUERY_LENGTH`
+characters and `MAX_WILDCARDS` wildcards, no word starting with one, no
+regular expressions (a ``/`` is just a character); anything else is a
+`SearchError` saying what to change.
+
+What a user may see (public rooms they are not an outcast of, private rooms
+they are a member of, their own one-to-one messages) is a filter *inside*
+the query, so hits, the total, every facet and every highlight are computed
+only over it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from hipchat_server.storage.message_search import SearchRequest, SearchUnavailable, search_body, visibility_filter
+
+MAX_QUERY_LENGTH = 500
+MAX_WILDCARDS = 3
+MAX_RESULTS = 100
+DEFAULT_RESULTS = 25
+# Deeper than this, page with a narrower query: from+size paging costs every shard the whole prefix.
+MAX_START_INDEX = 1000
+# Lucene's automaton limit for wildcards and fuzzy terms (its default is 10,000): a pathological pattern fails fast.
+MAX_DETERMINIZED_STATES = 1000
+FUZZY_MAX_EXPANSIONS = 50
+SORTS = ("newest", "relevance")
+
+# A quoted phrase (kept as it is) or a run of anything else.
+_SEGMENTS = re.compile(r'"(?:\\.|[^"\\])*"?|[^"]+')
+# A field prefix: a word and a colon, not escaped, at a word start.
+_FIELD = re.compile(r"(?<![\w\\.@-])([A-Za-z_][\w.]*):")
+_SHORTCUT_VALUE = re.compile(r"""([^\s()"\\]+)""")
+_WILDCARD_TERM = re.compile(r"(?<![\w\\])[*?]")
+
+
+class SearchError(ValueError):
+    """A search that cannot run as asked; the message tells the user what to change."""
+
+
+class SearchUnavailableError(Exception):
+    """The search cluster did not answer."""
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """What a user asked: the query text, the order, and the page (``start_index``, ``max_results``)."""
+
+    text: str
+    sort: str = "newest"
+    start_index: int = 0
+    max_results: int = DEFAULT_RESULTS
+
+    def __post_init__(self):
+        if not self.text or not self.text.strip():
+            raise SearchError("q: say what to search for")
+        if len(self.text) > MAX_QUERY_LENGTH:
+            raise SearchError(f"q: at most {MAX_QUERY_LENGTH} characters (this one has {len(self.text)})")
+        if self.sort not in SORTS:
+            raise SearchError(f"sort: one of {', '.join(SORTS)}")
+        if not 0 <= self.start_index <= MAX_START_INDEX:
+            raise SearchError(f"start-index: from 0 to {MAX_START_INDEX}; narrow the query to go further back")
+        if not 1 <= self.max_results <= MAX_RESULTS:
+            raise SearchError(f"max-results: from 1 to {MAX_RESULTS}")
+
+
+@dataclass
+class SearchResults:
+    """One page of hits (records with a ``highlight``), the total, and the facets (lists of (key, count))."""
+
+    total: int
+    items: list[dict]
+    rooms: list[tuple[str, int]] = field(default_factory=list)
+    senders: list[tuple[str, int]] = field(default_factory=list)
+    months: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class QueryRewriter:
+    """Turns a user's query into the text OpenSearch's query_string gets, shortcuts expanded and limits checked."""
+
+    def __init__(self, domain: str, rooms_service: str):
+        self.domain = domain
+        self.rooms_service = rooms_service
+
+    def _account(self, value: str) -> str:
+        return value if "@" in value else f"{value}@{self.domain}"
+
+    def _shortcut(self, name: str, value: str) -> str | None:
+        name = name.lower()
+        if name == "from":
+            return f"(sender:{_quote(self._account(value))} OR sender_name.keyword:{_quote(value)})"
+        if name in ("room", "in"):
+            room = value if "@" in value else f"{value}@{self.rooms_service}"
+            return f"room:{_quote(room)}"
+        if name == "with":
+            return f"participants:{_quote(self._account(value))}"
+        return None
+
+    def _plain(self, text: str) -> str:
+        """Text outside quotes: shortcuts expanded, other fields escaped, slashes literal, wildcards counted."""
+        out, position = [], 0
+        for match in _FIELD.finditer(text):
+            out.append(text[position : match.start()])
+            value = _SHORTCUT_VALUE.match(text, match.end())
+            expanded = self._shortcut(match.group(1), value.group(1)) if value else None
+            if expanded is None:
+                out.append(match.group(1) + "\\:")
+                position = match.end()
+            else:
+                out.append(expanded)
+                position = value.end()
+        out.append(text[position:])
+        return "".join(out).replace("/", "\\/")
+
+    def rewrite(self, query: str) -> str:
+        parts, wildcards = [], 0
+        for segment in _SEGMENTS.findall(query):
+            if segment.startswith('"'):
+                parts.append(segment if segment.endswith('"') and len(segment) > 1 else segment + '"')
+                continue
+            if _WILDCARD_TERM.search(segment):
+                raise SearchError("q: a word may not start with * or ?; put at least one letter first")
+            wildcards += segment.count("*") + segment.count("?")
+            parts.append(self._plain(segment))
+        if wildcards > MAX_WILDCARDS:
+            raise SearchError(f"q: at most {MAX_WILDCARDS} wildcards (* or ?) per search")
+        return "".join(parts)
+
+    def clause(self, query: str) -> dict:
+        """The query_string clause of ``query`` (SearchError when it breaks a limit)."""
+        return {
+            "query_string": {
+                "query": self.rewrite(query),
+                "default_field": "body",
+                "default_operator": "AND",
+                # Phrases match the unstemmed words: "deploying now" is not "deploy now".
+                "quote_field_suffix": ".standard",
+                "allow_leading_wildcard": False,
+                "analyze_wildcard": False,
+                "max_determinized_states": MAX_DETERMINIZED_STATES,
+                "fuzzy_max_expansions": FUZZY_MAX_EXPANSIONS,
+                "lenient": True,
+            }
+        }
+
+
+def _buckets(aggregations: dict, name: str, key: str = "key") -> list[tuple[str, int]]:
+    return [
+        (bucket.get(key, bucket.get("key")), bucket["doc_count"])
+        for bucket in aggregations.get(name, {}).get("buckets", [])
+    ]
+
+
+class Search:
+    """Runs searches for users over `storage.message_search.MessageSearchStore` and their room permissions
+    (``rooms``, a `storage.room_access.RoomAccessStore`); ``run_search`` and ``run_database`` run the blocking calls.
+    """
+
+    log = Logger()
+
+    def __init__(self, store, rooms, *, run_search, run_database, domain: str, rooms_service: str):
+        self.store, self.rooms = store, rooms
+        self.run_search, self.run_database = run_search, run_database
+        self.rewriter = QueryRewriter(domain, rooms_service)
+
+    @defer.inlineCallbacks
+    def search(self, reader: str, query: SearchQuery):
+        """`SearchResults` of ``query`` for ``reader`` (a bare JID); SearchError for a query OpenSearch cannot take."""
+        clause = self.rewriter.clause(query.text)
+        readable = yield self.run_database(self.rooms.readable_rooms, reader.partition("@")[0])
+        request = SearchRequest(
+            query=clause,
+            visibility=visibility_filter(reader, readable),
+            newest_first=query.sort == "newest",
+            offset=query.start_index,
+            size=query.max_results,
+        )
+        try:
+            response = yield self.run_search(self.store.search, self.store.prefix, search_body(request))
+        except SearchUnavailable as e:
+            self.log.warn("search failed: {error}", error=e)
+            raise SearchUnavailableError(str(e)) from e
+        except ValueError as e:  # OpenSearch could not parse it: say so, in its words
+            raise SearchError(f"q: {e}") from e
+        items = []
+        for hit in response["hits"]["hits"]:
+            record = dict(hit["_source"])
+            highlights = hit.get("highlight", {})
+            fragments = highlights.get("body") or highlights.get("body.standard") or []
+            record["highlight"] = fragments[0] if fragments else None
+            record["real_jids"] = readable[record["room"]].real_jids if record.get("room") in readable else True
+            items.append(record)
+        aggregations = response.get("aggregations", {})
+        total = response["hits"]["total"]
+        return SearchResults(
+            total=total["value"] if isinstance(total, dict) else int(total),
+            items=items,
+            rooms=_buckets(aggregations, "rooms"),
+            senders=_buckets(aggregations, "senders"),
+            months=_buckets(aggregations, "months", "key_as_string"),
+        )

@@ -1,0 +1,332 @@
+"""Search: query rewriting and limits, the permission filter in every query, facets, the HTTP API and its authentication."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime, timedelta
+
+import pytest
+from twisted.internet import defer, task
+from twisted.web.test.requesthelper import DummyRequest
+
+from hipchat_server.authentication import VERIFIED_TTL, AuthenticationFailed, Authenticator
+from hipchat_server.rest.api import ApiContext
+from hipchat_server.rest.messages import MessagesResource
+from hipchat_server.rest.search import SearchResource
+from hipchat_server.search import (
+    MAX_QUERY_LENGTH,
+    QueryRewriter,
+    Search,
+    SearchError,
+    SearchQuery,
+)
+from hipchat_server.storage.api_tokens import TokenOwner
+from hipchat_server.storage.room_access import RoomAccess
+from hipchat_server.users import ScramCredentials, make_scram_credentials
+from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
+from tests.unit.history_fakes import (
+    ALICE,
+    BOB,
+    D,
+    ENG,
+    SECRET,
+    Corpus,
+    FakeOpenSearch,
+    FakeRecent,
+    make_history,
+    synchronous,
+)
+
+ROOMS = f"conference.{D}"
+
+
+class FakeReadableRooms:
+    """The rooms each user may read (alice: both; bob: only the public one)."""
+
+    def __init__(self):
+        self.readable = {"alice": {ENG, SECRET}, "bob": {ENG}}
+
+    def readable_rooms(self, username):
+        return {room: RoomAccess(True, True) for room in self.readable.get(username, set())}
+
+
+@pytest.fixture
+def client():
+    return FakeOpenSearch()
+
+
+@pytest.fixture
+def corpus(client):
+    return Corpus(client, FakeRecent())
+
+
+@pytest.fixture
+def search(client):
+    history = make_history(client, FakeRecent())
+    return Search(
+        history.store,
+        FakeReadableRooms(),
+        run_search=synchronous,
+        run_database=synchronous,
+        domain=D,
+        rooms_service=ROOMS,
+    )
+
+
+def result(d):
+    out = []
+    d.addBoth(out.append)
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]
+
+
+def rewrite(text):
+    return QueryRewriter(D, ROOMS).rewrite(text)
+
+
+# The query language.
+def test_shortcuts_become_fields_of_the_record():
+    assert rewrite("deploy from:alice") == f'deploy (sender:"alice@{D}" OR sender_name.keyword:"alice")'
+    assert rewrite("room:eng failed") == f'room:"eng@{ROOMS}" failed'
+    assert rewrite("in:eng") == f'room:"eng@{ROOMS}"'
+    assert rewrite("with:bob lunch") == f'participants:"bob@{D}" lunch'
+    assert rewrite(f"from:carol@{D}") == f'(sender:"carol@{D}" OR sender_name.keyword:"carol@{D}")'
+
+
+def test_other_fields_and_slashes_are_text_not_syntax():
+    """A colon in a sentence, a field we do not offer, a URL or a regex are searched as words."""
+    assert rewrite("error: disk full") == "error\\: disk full"
+    assert rewrite("participants:eve") == "participants\\:eve"
+    assert rewrite("see https://x.example/a") == "see https\\:\\/\\/x.example\\/a"
+    assert rewrite("/joh?n(ath[oa]n)/") == "\\/joh?n(ath[oa]n)\\/"
+
+
+def test_phrases_are_kept_as_written():
+    assert rewrite('"from:alice deploy" now') == '"from:alice deploy" now'
+    assert rewrite('"unclosed phrase') == '"unclosed phrase"'
+
+
+def test_wildcards_are_limited():
+    assert rewrite("depl* fail?d") == "depl* fail?d"
+    with pytest.raises(SearchError, match="wildcards"):
+        rewrite("a* b* c* d*")
+    with pytest.raises(SearchError, match="may not start"):
+        rewrite("*ploy")
+    with pytest.raises(SearchError, match="may not start"):
+        rewrite("deploy ?x")
+
+
+def test_query_string_options_bound_the_cost():
+    clause = QueryRewriter(D, ROOMS).clause("deploy")["query_string"]
+    assert clause["allow_leading_wildcard"] is False and clause["max_determinized_states"] <= 1000
+    assert clause["default_operator"] == "AND" and clause["quote_field_suffix"] == ".standard"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(text=""), "q:"),
+        (dict(text="x" * (MAX_QUERY_LENGTH + 1)), "at most"),
+        (dict(text="x", sort="oldest"), "sort"),
+        (dict(text="x", max_results=101), "max-results"),
+        (dict(text="x", start_index=5000), "start-index"),
+    ],
+)
+def test_requests_out_of_bounds_are_refused_with_what_to_change(kwargs, message):
+    with pytest.raises(SearchError, match=message):
+        SearchQuery(**kwargs)
+
+
+# Permissions, facets, highlights.
+def fill(corpus):
+    corpus.add(room=ENG, sender=ALICE, body="deploy of the api failed")
+    corpus.add(room=ENG, sender=BOB, body="deploy again please")
+    corpus.add(room=SECRET, sender=ALICE, body="secret deploy of the launch")
+    corpus.add(recipient=BOB, sender=ALICE, body="deploy tonight?")
+    corpus.add(recipient=f"carol@{D}", sender=ALICE, body="deploy gossip")  # alice and carol only
+
+
+def test_a_private_rooms_messages_never_reach_a_non_member(search, corpus):
+    """Hits, total, every facet bucket and every highlight leave out what bob may not read."""
+    fill(corpus)
+    found = result(search.search(BOB, SearchQuery("deploy")))
+    assert found.total == 3
+    assert {item["body"] for item in found.items} == {
+        "deploy of the api failed",
+        "deploy again please",
+        "deploy tonight?",
+    }
+    assert dict(found.rooms) == {ENG: 2}
+    assert dict(found.senders) == {ALICE: 2, BOB: 1}
+    assert sum(n for _, n in found.months) == 3
+    assert not any(
+        "secret" in (item["highlight"] or "") or "gossip" in (item["highlight"] or "") for item in found.items
+    )
+
+
+def test_a_member_finds_the_private_rooms_messages(search, corpus):
+    fill(corpus)
+    found = result(search.search(ALICE, SearchQuery("deploy")))
+    assert found.total == 5 and dict(found.rooms) == {ENG: 2, SECRET: 1}
+
+
+def test_the_visibility_filter_is_inside_every_search_query(search, corpus, client):
+    fill(corpus)
+    result(search.search(BOB, SearchQuery("deploy", sort="relevance")))
+    [body] = client.bodies()
+    visibility = body["query"]["bool"]["filter"][0]["bool"]
+    assert {"term": {"participants": BOB}} in visibility["should"]
+    assert {"terms": {"room": [ENG]}} in visibility["should"] and visibility["minimum_should_match"] == 1
+    assert "post_filter" not in body
+    assert set(body["aggs"]) == {"rooms", "senders", "months"}
+    assert body["aggs"]["months"]["date_histogram"]["calendar_interval"] == "month"
+    assert body["sort"][0] == "_score"
+
+
+def test_a_user_with_no_rooms_sees_only_their_own_conversations(search, corpus, client):
+    fill(corpus)
+    found = result(search.search(f"carol@{D}", SearchQuery("deploy")))
+    assert [item["body"] for item in found.items] == ["deploy gossip"] and found.rooms == []
+
+
+# Authentication.
+class FakeCredentials:
+    def __init__(self):
+        self.scram: dict[str, ScramCredentials] = {"alice": make_scram_credentials("correct horse", "SCRAM-SHA-256")}
+        self.active = {"alice": True}
+        self.lookups = 0
+
+    def get_scram_credentials(self, username, mechanism):
+        self.lookups += 1
+        return self.scram.get(username)
+
+    def check_password(self, username, password):
+        return False
+
+    def is_active(self, username):
+        return self.active.get(username, False)
+
+
+class FakeTokens:
+    def __init__(self):
+        self.tokens = {}
+
+    def add(self, token, **owner):
+        self.tokens[hashlib.sha256(token.encode()).hexdigest()] = TokenOwner(**owner)
+
+    def personal_token(self, token_hash):
+        return self.tokens.get(token_hash)
+
+
+def basic(username, password):
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def test_basic_checks_the_password_against_the_scram_keys_and_remembers_success():
+    credentials, now = FakeCredentials(), [0.0]
+    authenticator = Authenticator(credentials, clock=lambda: now[0])
+    assert authenticator.authenticate(basic("alice", "correct horse")) == "alice"
+    assert authenticator.authenticate(basic("alice", "correct horse")) == "alice"
+    assert credentials.lookups == 1, "the second request is not checked again"
+    now[0] += VERIFIED_TTL + 1
+    authenticator.authenticate(basic("alice", "correct horse"))
+    assert credentials.lookups == 2
+    for header in (basic("alice", "wrong"), basic("nobody", "x"), "Basic !!!", None, "Digest x"):
+        with pytest.raises(AuthenticationFailed):
+            authenticator.authenticate(header)
+
+
+def test_basic_refuses_a_disabled_account():
+    credentials = FakeCredentials()
+    credentials.active["alice"] = False
+    with pytest.raises(AuthenticationFailed):
+        Authenticator(credentials).authenticate(basic("alice", "correct horse"))
+
+
+def test_bearer_takes_a_personal_token_with_the_view_messages_scope():
+    tokens = FakeTokens()
+    later = datetime(2030, 1, 1)
+    tokens.add("good", username="alice", is_active=True, scopes=("view_messages",), expires_at=None)
+    tokens.add("old", username="alice", is_active=True, scopes=("view_messages",), expires_at=later - timedelta(days=1))
+    tokens.add("narrow", username="alice", is_active=True, scopes=("send_message",), expires_at=None)
+    authenticator = Authenticator(FakeCredentials(), tokens, now=lambda: later)
+    assert authenticator.authenticate("Bearer good") == "alice"
+    for token in ("old", "narrow", "unknown", ""):
+        with pytest.raises(AuthenticationFailed):
+            authenticator.authenticate(f"Bearer {token}")
+
+
+# The HTTP resources.
+@pytest.fixture
+def context():
+    return ApiContext(
+        authenticator=Authenticator(FakeCredentials()),
+        limiter=AuthFailureLimiter(3, 60.0, clock=task.Clock()),
+        run_blocking=synchronous,
+        domain=D,
+        public_url="https://chat.example.com",
+    )
+
+
+def get(resource, args=None, authorization=basic("alice", "correct horse"), path=()):
+    request = DummyRequest(list(path))
+    request.method = b"GET"
+    request.args = {k.encode(): [v.encode()] for k, v in (args or {}).items()}
+    if authorization:
+        request.requestHeaders.setRawHeaders(b"authorization", [authorization.encode()])
+    resource.render(request)
+    assert request.finished
+    return request.responseCode or 200, json.loads(b"".join(request.written)), request
+
+
+def test_search_answers_json_with_items_highlights_facets_and_paging(context, search, corpus):
+    fill(corpus)
+    status, body, _ = get(SearchResource(context, search), {"q": "deploy", "max-results": "2"})
+    assert status == 200 and body["total"] == 5 and len(body["items"]) == 2
+    assert body["items"][0]["links"]["self"].startswith("https://chat.example.com/v2/messages/")
+    assert "highlight" in body["items"][0] and "next" in body["links"]
+    assert {f["room"] for f in body["facets"]["rooms"]} == {ENG, SECRET}
+
+
+def test_search_without_credentials_is_401_and_repeated_failures_429(context, search):
+    resource = SearchResource(context, search)
+    status, body, request = get(resource, {"q": "x"}, authorization=None)
+    assert status == 401 and body["error"]["code"] == 401
+    assert request.responseHeaders.getRawHeaders(b"www-authenticate")
+    for _ in range(3):
+        get(resource, {"q": "x"}, authorization=basic("alice", "nope"))
+    status, _, _ = get(resource, {"q": "x"})
+    assert status == 429
+
+
+def test_a_bad_query_is_400_saying_what_to_change(context, search):
+    status, body, _ = get(SearchResource(context, search), {"q": "*ploy"})
+    assert status == 400 and "may not start" in body["error"]["message"]
+
+
+def test_search_unavailable_is_503(context, search, client):
+    client.down = True
+    status, _, _ = get(SearchResource(context, search), {"q": "deploy"})
+    assert status == 503
+
+
+def test_a_message_by_id_is_404_unless_the_caller_may_read_it(context, client, corpus):
+    history = make_history(client, FakeRecent())
+    secret = corpus.add(room=SECRET, sender=ALICE, body="launch day")
+    resource = MessagesResource(context, history)
+    status, body, _ = get(resource.getChild(secret["id"].encode(), None), path=[secret["id"]])
+    assert status == 200 and body["message"] == "launch day" and body["room"] == SECRET
+    context.authenticator.credentials.scram["bob"] = make_scram_credentials("bob's password", "SCRAM-SHA-256")
+    context.authenticator.credentials.active["bob"] = True
+    status, body, _ = get(resource.getChild(secret["id"].encode(), None), authorization=basic("bob", "bob's password"))
+    assert status == 404 and "launch" not in json.dumps(body)
+    status, _, _ = get(resource.getChild(b"01ARZ3NDEKTSV4RRFFQ69G5FAV", None))
+    assert status == 404
+
+
+def test_results_are_fired_deferreds(search):
+    """The search runs synchronously over the fakes (a guard for the tests above)."""
+    assert isinstance(search.search(ALICE, SearchQuery("x")), defer.Deferred)
