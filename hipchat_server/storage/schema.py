@@ -92,6 +92,19 @@ rooms = Table(
     Column("is_guest_accessible", Boolean, nullable=False, server_default="0"),
     Column("owner_id", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    # XEP-0045 (migration 0004): the room's JID localpart, exact (binary collation), and its settings.
+    Column("jid_node", String(255).with_variant(mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql"), nullable=False, unique=True),
+    Column("subject", Text, nullable=True),
+    Column("subject_by", String(255), nullable=True),  # the nickname that set the subject
+    Column("description", String(255), nullable=False, server_default=""),
+    Column("is_listed", Boolean, nullable=False, server_default="1"),  # muc#roomconfig_publicroom
+    Column("is_persistent", Boolean, nullable=False, server_default="1"),
+    Column("is_moderated", Boolean, nullable=False, server_default="0"),
+    Column("whois", String(16), nullable=False, server_default="anyone"),  # "anyone" or "moderators"
+    Column("max_occupants", Integer, nullable=True),  # NULL: no limit
+    Column("occupants_change_subject", Boolean, nullable=False, server_default="1"),
+    Column("occupants_invite", Boolean, nullable=False, server_default="1"),
+    Column("is_locked", Boolean, nullable=False, server_default="0"),  # created, not configured yet
 )
 
 room_members = Table(
