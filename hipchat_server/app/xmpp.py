@@ -27,6 +27,7 @@ from hipchat_server.history import history_for
 from hipchat_server.routing import ClusterRouter, DeliveryListener
 from hipchat_server.server import ChatServer, process_name
 from hipchat_server.presence import PresenceService
+from hipchat_server.rooms import room_service
 from hipchat_server.storage.offline import OfflineStore
 from hipchat_server.storage.presence import PresenceStore
 from hipchat_server.storage.roster import RosterStore
@@ -132,6 +133,9 @@ def build_factories(
     # History (XEP-0313) of one's own conversations; the rooms service hands room queries to mam.room_query.
     mam = MamService(history_for(chat_server, run_redis=router.run_blocking))
     mam.register(router)
+    router.rooms = room_service(chat_server, router)  # group rooms (XEP-0045) on <rooms.service>.<domain>
+    router.rooms.register(router)
+    router.rooms.serve_archive(mam)
     starttls = ClientFactory(domain, sasl_server, router, tls_options, **shared)
     direct = ClientFactory(domain, sasl_server, router, tls_options, direct_tls=True, **shared)
     return starttls, direct
@@ -155,6 +159,9 @@ def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirec
     """
     starttls, direct = build_factories(chat_server, tls_options, directory, start_redis_thread_pool())
     starttls.router.publisher.start()
+    cleared = starttls.router.rooms.clear_frontend_occupants()  # blocks (Redis), like the directory's clearing
+    if cleared:
+        log.info("took %d sessions of a crashed predecessor out of their rooms", cleared)
     DeliveryListener(chat_server.get_redis_primary, directory.channel, starttls.router.deliver_published).start()
     sessions, router = starttls.sessions, starttls.router
 

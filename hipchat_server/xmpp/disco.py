@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from twisted.words.xish import domish
 
 from hipchat_server.xmpp import caps
@@ -52,6 +54,9 @@ def server_info(node: str | None = None) -> domish.Element | None:
     return query
 
 
-def server_items() -> domish.Element:
-    """The disco#items payload of the server: no services yet (rooms arrive with MUC)."""
-    return domish.Element((DISCO_ITEMS_NS, "query"))
+def server_items(services: Iterable[str] = ()) -> domish.Element:
+    """The disco#items payload of the server: one item per service on a subdomain (the rooms, XEP-0045 6.1)."""
+    query = domish.Element((DISCO_ITEMS_NS, "query"))
+    for jid in sorted(services):
+        query.addElement("item")["jid"] = jid
+    return query

@@ -31,7 +31,7 @@ from hipchat_server.xmpp.version import VERSION_NS, server_version
 ANSWERED_MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat"})
 
 
-def _server_query(iq: domish.Element) -> domish.Element | None:
+def _server_query(iq: domish.Element, services=()) -> domish.Element | None:
     """The server's own answer to a disco#info, disco#items or version get; None for anything else."""
     query = iq.firstChildElement()
     if iq.getAttribute("type") != "get" or query is None or query.name != "query":
@@ -39,7 +39,7 @@ def _server_query(iq: domish.Element) -> domish.Element | None:
     if query.uri == DISCO_INFO_NS:
         return disco.server_info(query.getAttribute("node"))
     if query.uri == DISCO_ITEMS_NS:
-        return disco.server_items()
+        return disco.server_items(services)
     if query.uri == VERSION_NS:
         return server_version()
     return None
@@ -62,6 +62,10 @@ class EchoLessRouter:
         self.domain = parse_jid(domain)
         self.sessions = sessions
 
+    def service_domains(self) -> list[str]:
+        """The services on subdomains registered on the router (rooms), listed in the server's disco#items."""
+        return sorted(getattr(self, "_domain_handlers", {}))
+
     def session_started(self, connection) -> None:
         self.log.debug("{jid} bound", jid=connection.jid)
 
@@ -79,7 +83,7 @@ class EchoLessRouter:
     def _iq(self, connection, iq: domish.Element, target: JID | None) -> None:
         kind = iq.getAttribute("type")
         if target is None or target in (self.domain, connection.jid.bare()):
-            answer = _server_query(iq) if target in (None, self.domain) else None
+            answer = _server_query(iq, self.service_domains()) if target in (None, self.domain) else None
             if is_ping(iq):
                 connection.deliver(iq_result(iq))
             elif target in (None, self.domain) and _asks_unknown_disco_node(iq):
