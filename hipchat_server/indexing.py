@@ -51,6 +51,7 @@ RETRY_FIRST_SECONDS = 0.1
 RETRY_MAX_SECONDS = 5.0
 STATUS_INTERVAL_SECONDS = 1.0
 SUMMARY_INTERVAL_SECONDS = 60.0
+ERROR_LOG_SECONDS = 30.0  # the same failure, retried every few seconds during an outage, is logged this often
 
 
 def parse_timestamp(timestamp: str) -> float:
@@ -190,6 +191,7 @@ class SpoolIndexer:
         self._status_written = 0.0
         self._summary_started = self.started
         self._read_errors: dict[str, str] = {}
+        self._error_kind, self._error_logged = "", 0.0
 
     def stop(self) -> None:
         """Finish the bulk request in flight (its positions are saved), then `run` returns."""
@@ -277,7 +279,7 @@ class SpoolIndexer:
             try:
                 outcome = self.index.bulk(pending)
             except Exception as e:  # connection refused, timeout, 5xx for the whole request
-                self._error(f"bulk request of {len(pending)} records failed: {type(e).__name__}: {e}")
+                self._error(f"bulk request of {len(pending)} records failed: {type(e).__name__}: {e}", f"bulk {type(e).__name__}")
             else:
                 for origin in sorted({d.origin for d, _ in outcome.rejected}):
                     self.dead_letters.reject(
@@ -288,7 +290,10 @@ class SpoolIndexer:
                 if not pending:
                     break
                 reasons = sorted({reason for _, reason in outcome.retry})
-                self._error(f"{len(pending)} of {len(outcome.indexed) + len(pending)} records not taken ({', '.join(reasons[:3])}); retrying them")
+                self._error(
+                    f"{len(pending)} of {len(outcome.indexed) + len(pending)} records not taken ({', '.join(reasons[:3])}); retrying them",
+                    f"items {reasons[:3]}",
+                )
             self._report()
             if self.stopping.wait(delay):
                 return False
@@ -298,10 +303,18 @@ class SpoolIndexer:
         self.stats.batch([d.record for d in documents], rejected, now)
         return True
 
-    def _error(self, text: str) -> None:
-        if text != self.last_error:
+    def _error(self, text: str, kind: str | None = None) -> None:
+        """Record ``text`` as the last error; log it unless an error of the same ``kind`` was logged lately.
+
+        During an outage the same failure comes back every few seconds, each
+        time naming another node: logged once per `ERROR_LOG_SECONDS`.
+        """
+        now = self.clock()
+        kind = kind or text
+        if kind != self._error_kind or now - self._error_logged >= ERROR_LOG_SECONDS:
             log.warning("%s", text)
-        self.last_error, self.last_error_at = text, self.clock()
+            self._error_kind, self._error_logged = kind, now
+        self.last_error, self.last_error_at = text, now
 
     def _read_error(self, name: str, text: str) -> None:
         if self._read_errors.get(name) != text:

@@ -462,3 +462,14 @@ def test_maintaining_months_creates_ahead_and_deletes_expired(client):
     assert deleted == ["messages-2026.01", "messages-2026.09"]
     assert client.indices.existing == {"messages-2026.10", "messages-2026.11", "messages-2026.12"}
     assert MessageIndex(client, "messages").maintain_months(datetime(2026, 11, 26, tzinfo=timezone.utc), 0) == []
+
+
+def test_the_same_failure_during_an_outage_is_logged_once_per_interval(spool_dir, client, caplog):
+    """Retries failing the same way (another node each time) log one warning, yet the status keeps the latest error."""
+    write_segment(spool_dir / "xmpp-0", 1, [record(0)])
+    client.answers = [OpenSearchConnectionError("N/A", f"refused by node {n}", None) for n in range(4)]
+    indexer = make_indexer(spool_dir, client)
+    with caplog.at_level("WARNING", logger="hipchat.indexer"):
+        drain(indexer)
+    assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 1
+    assert "node 3" in indexer.last_error
