@@ -5,7 +5,8 @@ rooms service (`ClusterRouter.register_domain_handler`) and the end of every
 session. Rooms and affiliations live in MariaDB (`storage.rooms.RoomStore`),
 occupants in Redis (`storage.rooms.OccupantStore`) so every front end agrees
 on who is in a room; `rooms_admin.RoomAdministration` answers the iqs
-(disco, muc#admin, muc#owner).
+(disco, muc#admin, muc#owner) and relays invitations, `rooms_fanout.RoomFanout`
+delivers to occupants.
 
 A groupchat message with a body becomes an archive record and is stored
 durably (`archive.MessageArchive.store`: spool fsync, then the room's recent
@@ -42,7 +43,7 @@ from hipchat_server.storage.rooms import Departure, Occupant, Room, RoomExists
 from hipchat_server.xmpp import muc
 from hipchat_server.xmpp.errors import stanza_error_reply
 from hipchat_server.rooms_fanout import jid_of
-from hipchat_server.xmpp.jid import JID, InvalidJID, parse_jid
+from hipchat_server.xmpp.jid import JID
 from hipchat_server.xmpp.muc import AFFILIATION_RANK, MucError
 from hipchat_server.xmpp.muc_forms import RoomConfig
 
@@ -373,7 +374,7 @@ class RoomService:
         except MucError as e:
             return self.refuse(connection, message, e.condition, e.text)
         if found:
-            return self._invitations(connection, message, target.localpart, room, found)
+            return self.admin.invitations(connection, message, target.localpart, room, found)
         return self.refuse(connection, message, "bad-request", "messages to a room are of type groupchat")
 
     @defer.inlineCallbacks
@@ -414,60 +415,6 @@ class RoomService:
         if not recipients:
             return self.refuse(connection, message, "item-not-found", "no occupant has that nickname")
         self.send(room, recipients, muc.serialise(muc.private_message(message, f"{room}/{sender.nick}")))
-
-    @defer.inlineCallbacks
-    def _invitations(self, connection, message: domish.Element, node: str, room: str, invitations: list[muc.Invitation]):
-        inviter = connection.jid
-        for invitation in invitations:
-            try:
-                invitee = parse_jid(invitation.to)
-            except InvalidJID as e:
-                return self.refuse(connection, message, "jid-malformed", e.reason)
-            if invitee.localpart is None or invitee.domainpart != self.domain:
-                return self.refuse(connection, message, "item-not-found", "only users of this server can be invited")
-            if invitation.kind == "invite":
-                refused = yield self._may_invite(connection, node, room, invitee.localpart)
-                if refused:
-                    return self.refuse(connection, message, *refused)
-            sent = muc.invitation_message(room, invitee.full(), invitation, inviter.bare().full())
-            yield self.deliver_to_user(invitee, sent)
-
-    @defer.inlineCallbacks
-    def _may_invite(self, connection, node: str, room: str, username: str):
-        """None when the occupant may invite ``username`` (made a member of a private room); else (condition, text)."""
-        sender = yield self.run_blocking(self.occupants.occupant, room, connection.jid.full())
-        if sender is None:
-            return "not-acceptable", "join the room before inviting others"
-        found = yield self.run_database(self.rooms.get, node)
-        if found is None:
-            return "item-not-found", "no such room"
-        privileged = sender.affiliation in ("owner", "admin")
-        if not (found.config.allow_invites or privileged):
-            return "forbidden", "only admins and owners may invite to this room"
-        exists = yield self.run_database(self.rooms.user_exists, username)
-        if not exists:
-            return "item-not-found", "no such user"
-        if found.config.members_only:
-            # The inviter may invite, so the invitee may enter: members-only rooms make it a member.
-            try:
-                yield self.run_database(self.rooms.set_affiliations, node, {username: "member"}, lambda u, old, new: old == "none")
-            except PermissionError:
-                pass  # already a member, admin, owner or outcast: left as it is
-        return None
-
-    def deliver_to_user(self, jid: JID, stanza: domish.Element) -> defer.Deferred:
-        """Hand a room's message (an invitation) to a user's sessions, or keep it offline when none is bound."""
-        if jid.resourcepart is not None:
-            return self.router.deliver_to_full(jid, stanza)
-        d = self.router.deliver_to_bare(jid, stanza)
-        offline = getattr(self.router, "offline_store", None)
-
-        def taken(count):
-            if count or offline is None:
-                return count
-            return self.run_database(offline.store, jid.localpart, stanza["from"], muc.serialise(stanza))
-
-        return d.addCallback(taken)
 
     # History on join.
     @defer.inlineCallbacks

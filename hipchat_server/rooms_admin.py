@@ -1,4 +1,4 @@
-"""The iqs of group rooms: discovery (XEP-0030), moderation (muc#admin) and ownership (muc#owner), per XEP-0045.
+"""Administering group rooms (XEP-0045): discovery (XEP-0030), moderation (muc#admin), ownership (muc#owner), invitations.
 
 `RoomAdministration` answers, for `rooms.RoomService`, every iq get or set
 to the rooms service or to a room, exactly once:
@@ -15,6 +15,11 @@ to the rooms service or to a room, exactly once:
 - an occupant (room/nick): only the XEP-0410 self-ping; other iqs are not
   relayed (``service-unavailable``).
 Results and errors sent to a room are dropped: the room asks nothing.
+
+Mediated invitations (`invitations`) go from the room to the invitee (kept
+offline when the invitee has no session); an occupant who may invite (every
+occupant, unless allowinvites is off: then admins and owners) makes the
+invitee a member of a private room. Declines go back to the inviter.
 """
 
 from __future__ import annotations
@@ -116,6 +121,62 @@ class RoomAdministration:
         if handler is not None:
             return handler(connection, iq, target)
         raise MucError("service-unavailable", "rooms do not answer this request")
+
+    # Mediated invitations (XEP-0045 7.8.2), which make the invitee a member of a private room.
+    @defer.inlineCallbacks
+    def invitations(self, connection, message: domish.Element, node: str, room: str, invitations: list[muc.Invitation]):
+        """Relay invites (to the invitee, from the room) and declines (back to the inviter); refuse the message when one may not."""
+        inviter = connection.jid
+        for invitation in invitations:
+            try:
+                invitee = parse_jid(invitation.to)
+            except InvalidJID as e:
+                return self.service.refuse(connection, message, "jid-malformed", e.reason)
+            if invitee.localpart is None or invitee.domainpart != self.service.domain:
+                return self.service.refuse(connection, message, "item-not-found", "only users of this server can be invited")
+            if invitation.kind == "invite":
+                refused = yield self._may_invite(connection, node, room, invitee.localpart)
+                if refused:
+                    return self.service.refuse(connection, message, *refused)
+            sent = muc.invitation_message(room, invitee.full(), invitation, inviter.bare().full())
+            yield self.deliver_to_user(invitee, sent)
+
+    @defer.inlineCallbacks
+    def _may_invite(self, connection, node: str, room: str, username: str):
+        """None when the occupant may invite ``username`` (made a member of a private room); else (condition, text)."""
+        sender = yield self.service.run_blocking(self.service.occupants.occupant, room, connection.jid.full())
+        if sender is None:
+            return "not-acceptable", "join the room before inviting others"
+        found = yield self.service.run_database(self.service.rooms.get, node)
+        if found is None:
+            return "item-not-found", "no such room"
+        privileged = sender.affiliation in ("owner", "admin")
+        if not (found.config.allow_invites or privileged):
+            return "forbidden", "only admins and owners may invite to this room"
+        exists = yield self.service.run_database(self.service.rooms.user_exists, username)
+        if not exists:
+            return "item-not-found", "no such user"
+        if found.config.members_only:
+            # The inviter may invite, so the invitee may enter: members-only rooms make it a member.
+            try:
+                yield self.service.run_database(self.service.rooms.set_affiliations, node, {username: "member"}, lambda u, old, new: old == "none")
+            except PermissionError:
+                pass  # already a member, admin, owner or outcast: left as it is
+        return None
+
+    def deliver_to_user(self, jid: JID, stanza: domish.Element) -> defer.Deferred:
+        """Hand a room's message (an invitation) to a user's sessions, or keep it offline when none is bound."""
+        if jid.resourcepart is not None:
+            return self.service.router.deliver_to_full(jid, stanza)
+        d = self.service.router.deliver_to_bare(jid, stanza)
+        offline = getattr(self.service.router, "offline_store", None)
+
+        def taken(count):
+            if count or offline is None:
+                return count
+            return self.service.run_database(offline.store, jid.localpart, stanza["from"], muc.serialise(stanza))
+
+        return d.addCallback(taken)
 
     # Discovery.
     def _service_info(self, connection, iq: domish.Element, query: domish.Element) -> None:

@@ -132,7 +132,12 @@ class RoomStore:
 
     def get(self, node: str) -> Room | None:
         """The room at ``<node>@service``, or None."""
-        return run_in_transaction(self.engine, "get_room", lambda c: (lambda row: _room(row) if row else None)(_room_row(c, node)))
+
+        def work(connection):
+            row = _room_row(connection, node)
+            return _room(row) if row else None
+
+        return run_in_transaction(self.engine, "get_room", work)
 
     def entrant(self, node: str, username: str) -> Entrant:
         """The room, ``username``'s affiliation with it and whether the user is an administrator (one transaction)."""
