@@ -132,7 +132,8 @@ class RecentWindow:
         by_id = {record["id"]: record for record in records_newest_first}
         self.records = sorted(by_id.values(), key=lambda record: record["id"])
         self.ids = set(by_id)
-        margin = WINDOW_MARGIN if len(records_newest_first) >= capacity else 0
+        self.full = len(records_newest_first) >= capacity  # trimmed: older messages exist outside it
+        margin = WINDOW_MARGIN if self.full else 0
         self.complete_from = self.records[margin]["id"] if len(self.records) > margin else None
 
     def newest_id(self) -> str | None:
@@ -344,14 +345,8 @@ class History:
         else:
             ordered = ordered[: paging.max + 1]
         records, complete = _take(ordered, paging)
-        unindexed = {r["id"] for r in recent} - (hits_ids(responses[2]) if recent else set())
-        count = total_of(responses[1]) + len(unindexed)
-        self._remember_count(
-            criteria,
-            count,
-            max(filter(None, (window.newest_id(), records[-1]["id"] if records else None)), default=None),
-        )
-        return Page(records, complete, count)
+        present = hits_ids(responses[2]) if recent else set()
+        return Page(records, complete, self._counted(criteria, total_of(responses[1]), recent, present, window))
 
     # Counts for pages answered from Redis.
     @staticmethod
@@ -359,6 +354,19 @@ class History:
         """The key a count is cached under: only whole archives and conversations (a bounded set)."""
         plain = replace(criteria, start_ms=None, end_ms=None, after_id=None, before_id=None, ids=(), fulltext=None)
         return plain if plain == criteria else None
+
+    def _counted(self, criteria: MessageFilter, total: int, recent: list[dict], present: set[str], window) -> int:
+        """OpenSearch's ``total`` plus the ``recent`` records it does not have yet; cached when it is settled.
+
+        When even the oldest record of a full recent list is not indexed yet,
+        older messages may be missing from both: the count is then too low
+        for a while, and is not kept.
+        """
+        unindexed = {r["id"] for r in recent} - present
+        count = total + len(unindexed)
+        if not recent or recent[0]["id"] not in unindexed or not window.full:
+            self._remember_count(criteria, count, window.newest_id())
+        return count
 
     def _remember_count(self, criteria: MessageFilter, count: int, newest_id: str | None) -> None:
         key = self._cacheable(criteria)
@@ -407,10 +415,7 @@ class History:
         except SearchUnavailable as e:
             self.log.info("counting an archive failed: {error}", error=e)
             raise
-        unindexed = {r["id"] for r in recent} - (hits_ids(responses[1]) if recent else set())
-        count = total_of(responses[0]) + len(unindexed)
-        self._remember_count(key, count, window.newest_id())
-        return count
+        return self._counted(key, total_of(responses[0]), recent, hits_ids(responses[1]) if recent else set(), window)
 
     # The archive's first and last message (XEP-0313 metadata).
     @defer.inlineCallbacks

@@ -127,6 +127,17 @@ def test_a_page_from_redis_uses_the_cached_count_plus_newer_messages(history, co
     assert len(client.requests) > asked, "a stale count is refreshed in the background"
 
 
+def test_a_count_taken_while_the_indexer_lags_behind_the_recent_list_is_not_kept(history, corpus, client):
+    """With even the oldest recent record unindexed, older ones may be missing too: that count is not cached."""
+    from hipchat_server.archive import index_name
+
+    records = [corpus.add(room=ENG, indexed=n < 20) for n in range(100)]
+    page_of(history, room_criteria(history), max=10)  # through OpenSearch: 20 indexed + 75 in Redis
+    for record in records[20:]:
+        client.index(index_name("messages", record), record)
+    assert page_of(history, room_criteria(history), before="", max=10).count == 100
+
+
 def test_a_page_from_redis_answers_while_opensearch_is_down(history, corpus, client):
     """The newest page needs no OpenSearch: with it down the page comes without a count."""
     for _ in range(100):
