@@ -800,3 +800,44 @@ def test_destroying_a_room_tells_the_occupants_and_deletes_it(world):
     [gone] = received(bob)
     assert gone["type"] == "unavailable" and next(next(gone.elements(USER_NS, "x")).elements(USER_NS, "destroy"), None) is not None
     assert world.rooms.get("eng") is None and world.occupants.occupants(ROOM) == {}
+
+
+def test_a_session_that_lives_on_elsewhere_keeps_its_rooms_when_its_old_stream_ends(world):
+    """The same resource bound on another front end: the old stream's end does not take it out of the room."""
+    make_room(world)
+    front, other = world.fronts["fe-1"], world.fronts["fe-2"]
+    old = front.connect("bob")
+    front.send(old, join_xml("bob"))
+    new = other.connect("bob")  # the directory now names fe-2 for bob/desk
+    other.send(new, join_xml("bob"))
+    front.sessions.remove(old)
+    front.router.session_ended(old)
+    world.pump()
+    assert world.occupants.occupant(ROOM, new.jid.full()).frontend == "fe-2"
+
+
+def test_occupants_of_a_front_end_that_is_gone_are_taken_out_of_the_room(world):
+    """A publish no one received (the front end died): its sessions leave the room and the others are told."""
+    alice = make_room(world)
+    other = world.fronts["fe-2"]
+    bob = other.connect("bob")
+    other.send(bob, join_xml("bob"))
+    alice.take()
+    world.fronts["fe-1"].directory.subscribers = 0
+    world.fronts["fe-1"].send(alice, groupchat("anyone there?"))
+    assert set(world.occupants.occupants(ROOM)) == {alice.jid.full()}
+    assert [s.getAttribute("type") for s in received(alice)] == ["groupchat", "unavailable"]
+
+
+def test_clearing_a_front_end_leaves_sessions_that_moved_to_another_one(world):
+    """OccupantStore.clear_frontend takes out only entries still naming the restarted front end."""
+    make_room(world)
+    other = world.fronts["fe-2"]
+    bob, carol = other.connect("bob"), other.connect("carol")
+    other.send(bob, join_xml("bob"))
+    other.send(carol, join_xml("carol"))
+    moved = world.occupants.occupant(ROOM, carol.jid.full())
+    world.occupants.update(ROOM, [type(moved)(moved.full, moved.nick, moved.role, moved.affiliation, "fe-1", moved.presence)])
+    gone = world.occupants.clear_frontend("fe-2")
+    assert [d.occupant.full for d in gone] == [bob.jid.full()]
+    assert carol.jid.full() in world.occupants.occupants(ROOM)
