@@ -42,6 +42,18 @@ class AuthenticationFailed(Exception):
     """No valid credentials; the message says what was wrong (never whether the user exists)."""
 
 
+def claimed_username(authorization: str | None) -> str | None:
+    """The username a Basic header claims (unchecked), to count failed logins per account; None otherwise."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        username, colon, _ = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return username if colon and username else None
+
+
 class Authenticator:
     """Checks HTTP ``Authorization`` headers. ``credentials`` is a `users.UserCredentials`;
     ``tokens`` a `storage.api_tokens.ApiTokenStore` (None: Bearer is refused).
@@ -65,12 +77,10 @@ class Authenticator:
         raise AuthenticationFailed("send Authorization: Basic (username and password) or Bearer (a personal token)")
 
     def _basic(self, value: str) -> str:
-        try:
-            username, colon, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            raise AuthenticationFailed("malformed Basic credentials") from None
-        if not colon or not username:
+        username = claimed_username(f"Basic {value}")
+        if username is None:
             raise AuthenticationFailed("malformed Basic credentials")
+        password = base64.b64decode(value).decode("utf-8").partition(":")[2]
         fingerprint = hmac.new(self._key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
         with self._lock:
             expires = self._verified.get(fingerprint)

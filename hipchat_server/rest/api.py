@@ -2,8 +2,8 @@
 
 A request is authenticated (`authentication.Authenticator`, in a thread)
 before the resource's ``get`` runs; failures answer 401 with
-``WWW-Authenticate``, and an address with too many failures in a minute gets
-429 until the minute has passed. Errors have HipChat's body:
+``WWW-Authenticate``, and after too many failures in a minute from one
+address for one account that pair gets 429 until the minute has passed. Errors have HipChat's body:
 ``{"error": {"code": 400, "type": "Bad Request", "message": "..."}}``.
 """
 
@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from hipchat_server.authentication import AuthenticationFailed
+from hipchat_server.authentication import AuthenticationFailed, claimed_username
 
 
 class ApiError(Exception):
@@ -75,16 +75,22 @@ class ApiResource(resource.Resource):
         raise NotImplementedError
 
     def _authenticated(self, request) -> defer.Deferred:
-        address = getattr(request.getClientAddress(), "host", "")
-        if self.context.limiter.blocked(address):
-            return defer.fail(ApiError(429, "too many failed logins from this address; wait a minute"))
         header = request.getHeader(b"authorization")
         header = header.decode("latin-1") if isinstance(header, bytes) else header
+        if not header:
+            return defer.fail(
+                ApiError(401, "send Authorization: Basic (username and password) or Bearer (a personal token)")
+            )
+        # Failures count per address and claimed account: guessing one account's password is slowed
+        # down without locking out everyone else behind the same address (an office's NAT).
+        key = f"{getattr(request.getClientAddress(), 'host', '')}|{claimed_username(header) or ''}"
+        if self.context.limiter.blocked(key):
+            return defer.fail(ApiError(429, "too many failed logins; wait a minute"))
         d = self.context.run_blocking(self.context.authenticator.authenticate, header)
 
         def refused(failure):
             failure.trap(AuthenticationFailed)
-            self.context.limiter.record_failure(address)  # on the reactor thread: the limiter is not thread-safe
+            self.context.limiter.record_failure(key)  # on the reactor thread: the limiter is not thread-safe
             raise ApiError(401, failure.getErrorMessage())
 
         return d.addErrback(refused)

@@ -291,7 +291,7 @@ def test_search_answers_json_with_items_highlights_facets_and_paging(context, se
     assert {f["room"] for f in body["facets"]["rooms"]} == {ENG, SECRET}
 
 
-def test_search_without_credentials_is_401_and_repeated_failures_429(context, search):
+def test_search_without_credentials_is_401_and_repeated_failures_for_one_account_429(context, search):
     resource = SearchResource(context, search)
     status, body, request = get(resource, {"q": "x"}, authorization=None)
     assert status == 401 and body["error"]["code"] == 401
@@ -300,6 +300,8 @@ def test_search_without_credentials_is_401_and_repeated_failures_429(context, se
         get(resource, {"q": "x"}, authorization=basic("alice", "nope"))
     status, _, _ = get(resource, {"q": "x"})
     assert status == 429
+    status, _, _ = get(resource, {"q": "x"}, authorization=basic("bob", "whatever"))
+    assert status == 401, "another account from the same address is not locked out"
 
 
 def test_a_bad_query_is_400_saying_what_to_change(context, search):
