@@ -93,9 +93,11 @@ def _quote(value: str) -> str:
 class QueryRewriter:
     """Turns a user's query into the text OpenSearch's query_string gets, shortcuts expanded and limits checked."""
 
-    def __init__(self, domain: str, rooms_service: str):
+    def __init__(self, domain: str, rooms_service: str, masked_rooms=()):
         self.domain = domain
         self.rooms_service = rooms_service
+        # Rooms where the reader may not learn which account is behind a nickname (whois: moderators).
+        self.masked_rooms = sorted(masked_rooms)
 
     def _account(self, value: str) -> str:
         return value if "@" in value else f"{value}@{self.domain}"
@@ -103,7 +105,10 @@ class QueryRewriter:
     def _shortcut(self, name: str, value: str) -> str | None:
         name = name.lower()
         if name == "from":
-            return f"(sender:{_quote(self._account(value))} OR sender_name.keyword:{_quote(value)})"
+            account = f"sender:{_quote(self._account(value))}"
+            if self.masked_rooms:  # an account's messages, except where that would unmask a nickname
+                account = f"({account} AND NOT room:({' OR '.join(_quote(room) for room in self.masked_rooms)}))"
+            return f"({account} OR sender_name.keyword:{_quote(value)})"
         if name in ("room", "in"):
             room = value if "@" in value else f"{value}@{self.rooms_service}"
             return f"room:{_quote(room)}"
@@ -176,16 +181,18 @@ class Search:
     def __init__(self, store, rooms, *, run_search, run_database, domain: str, rooms_service: str):
         self.store, self.rooms = store, rooms
         self.run_search, self.run_database = run_search, run_database
-        self.rewriter = QueryRewriter(domain, rooms_service)
+        self.domain, self.rooms_service = domain, rooms_service
 
     @defer.inlineCallbacks
     def search(self, reader: str, query: SearchQuery):
         """`SearchResults` of ``query`` for ``reader`` (a bare JID); SearchError for a query OpenSearch cannot take."""
-        clause = self.rewriter.clause(query.text)
+        QueryRewriter(self.domain, self.rooms_service).clause(query.text)  # a malformed query fails before any I/O
         readable = yield self.run_database(self.rooms.readable_rooms, reader.partition("@")[0])
+        masked = [room for room, access in readable.items() if not access.real_jids]
         request = SearchRequest(
-            query=clause,
+            query=QueryRewriter(self.domain, self.rooms_service, masked).clause(query.text),
             visibility=visibility_filter(reader, readable),
+            masked_rooms=tuple(masked),
             newest_first=query.sort == "newest",
             offset=query.start_index,
             size=query.max_results,
@@ -211,6 +218,6 @@ class Search:
             total=total["value"] if isinstance(total, dict) else int(total),
             items=items,
             rooms=_buckets(aggregations, "rooms"),
-            senders=_buckets(aggregations, "senders"),
+            senders=_buckets(aggregations.get("senders", {}), "accounts"),
             months=_buckets(aggregations, "months", "key_as_string"),
         )

@@ -243,6 +243,7 @@ class SearchRequest:
     facet_size: int = 10
     highlight: bool = True
     filters: list[dict] = field(default_factory=list)
+    masked_rooms: tuple[str, ...] = ()  # readable rooms whose senders' accounts the reader may not see
 
 
 def search_body(request: SearchRequest) -> dict:
@@ -255,7 +256,11 @@ def search_body(request: SearchRequest) -> dict:
         "_source": {"excludes": ["xml"]},
         "aggs": {
             "rooms": {"terms": {"field": "room", "size": request.facet_size}},
-            "senders": {"terms": {"field": "sender", "size": request.facet_size}},
+            # Accounts, counted outside the rooms that hide who is behind a nickname.
+            "senders": {
+                "filter": {"bool": {"must_not": [{"terms": {"room": list(request.masked_rooms)}}]}},
+                "aggs": {"accounts": {"terms": {"field": "sender", "size": request.facet_size}}},
+            },
             "months": {
                 "date_histogram": {
                     "field": "timestamp",

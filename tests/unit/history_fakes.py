@@ -175,6 +175,9 @@ class FakeOpenSearch:
                         counts[value] = counts.get(value, 0) + 1
                 buckets = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: spec["terms"].get("size", 10)]
                 out[name] = {"buckets": [{"key": k, "doc_count": n} for k, n in buckets]}
+            elif "filter" in spec:
+                inside = [d for d in docs if matches(d, spec["filter"])]
+                out[name] = {"doc_count": len(inside), **self._aggregations(spec.get("aggs", {}), inside)}
             elif "date_histogram" in spec:
                 for d in docs:
                     moment = datetime.fromtimestamp(_ms(d) / 1000, tz=timezone.utc)

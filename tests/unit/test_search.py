@@ -192,6 +192,34 @@ def test_a_user_with_no_rooms_sees_only_their_own_conversations(search, corpus, 
     assert [item["body"] for item in found.items] == ["deploy gossip"] and found.rooms == []
 
 
+def test_rooms_that_hide_accounts_never_reveal_them(client, corpus):
+    """In a room whose occupants' accounts are hidden (whois: moderators): no sender facet, no from: by account, no jid."""
+    masked = f"masked@{ROOMS}"
+    corpus.add(room=masked, sender=ALICE, body="deploy incognito")
+    corpus.add(room=ENG, sender=ALICE, body="deploy openly")
+
+    class Rooms:
+        def readable_rooms(self, username):
+            return {ENG: RoomAccess(True, True), masked: RoomAccess(True, False)}
+
+    search = Search(
+        make_history(client, FakeRecent()).store,
+        Rooms(),
+        run_search=synchronous,
+        run_database=synchronous,
+        domain=D,
+        rooms_service=ROOMS,
+    )
+    found = result(search.search(BOB, SearchQuery("deploy")))
+    assert found.total == 2 and dict(found.senders) == {ALICE: 1}
+    assert {item["body"]: item["real_jids"] for item in found.items} == {
+        "deploy incognito": False,
+        "deploy openly": True,
+    }
+    rewritten = QueryRewriter(D, ROOMS, [masked]).rewrite("from:alice")
+    assert rewritten == f'((sender:"alice@{D}" AND NOT room:("{masked}")) OR sender_name.keyword:"alice")'
+
+
 # Authentication.
 class FakeCredentials:
     def __init__(self):
