@@ -27,6 +27,11 @@ are not counted:
 - ``size``: ``_cat/indices/<prefix>-<year>.*?bytes=b``: docs, store size of the primaries and
   with replicas, bytes per message.
 
+``--nudge`` makes the XMPP client write a whitespace keepalive as soon as the first stanza of
+an answer arrives: a server that leaves Nagle's algorithm on holds each small write after the
+first until the client ACKs, and Linux delays that ACK by up to 40 ms; the nudge carries it at
+once. Compare with and without to see that cost.
+
 ``--json`` prints the figures as JSON.
 """
 
@@ -116,13 +121,22 @@ class Context:
 # ---------------------------------------------------------------------------------------------
 # XMPP: history on join, MAM.
 
-async def join_once(client: Client, room: str, nick: str, maxstanzas: int, timeout: float = 10.0) -> dict:
-    """Enter ``room``; times (ns) to the self-presence and the subject, history messages counted; then leave."""
+async def join_once(client: Client, room: str, nick: str, maxstanzas: int, timeout: float = 10.0,
+                    nudge: bool = False) -> dict:
+    """Enter ``room``; times (ns) to the self-presence and the subject, history messages counted; then leave.
+
+    ``nudge``: write one whitespace keepalive as soon as the first stanza of the answer arrives
+    (its TCP segment carries the ACK at once instead of after the 40 ms delayed-ACK timer, which
+    a sender with Nagle's algorithm waits for before its next small write).
+    """
     full = f"{room}/{nick}".encode()
     room_b = room.encode()
-    seen = {"history": 0, "self_ns": None}
+    seen = {"history": 0, "self_ns": None, "nudged": not nudge}
 
     def watch(element: bytes) -> bool:
+        if not seen["nudged"]:
+            seen["nudged"] = True
+            client.transport.write(b" ")
         name = element_name(element)
         frm = attributes(element).get(b"from", b"")
         if name == b"presence" and frm == full:
@@ -155,12 +169,15 @@ async def join_once(client: Client, room: str, nick: str, maxstanzas: int, timeo
 
 
 async def mam_once(client: Client, qid: str, to: str | None, with_jid: str | None, before: str | None,
-                   max_items: int, timeout: float = 10.0) -> dict:
-    """One MAM query; time (ms) to the iq result, results counted, whether <fin complete='true'/>."""
+                   max_items: int, timeout: float = 10.0, nudge: bool = False) -> dict:
+    """One MAM query; time (ms) to the iq result and the results counted (``nudge``: see `join_once`)."""
     marker = f"queryid='{qid}'".encode(), f'queryid="{qid}"'.encode()
-    count = {"results": 0}
+    count = {"results": 0, "nudged": not nudge}
 
     def watch(element: bytes) -> bool:
+        if not count["nudged"]:
+            count["nudged"] = True
+            client.transport.write(b" ")
         name = element_name(element)
         if name == b"message":
             if marker[0] in element or marker[1] in element:
@@ -194,7 +211,8 @@ async def run_join(ctx: Context, count: int, warmup: int, maxstanzas: int) -> di
     try:
         for i in range(warmup + count):
             try:
-                got = await join_once(client, rooms[i % len(rooms)], f"hs{i}-{random.randrange(1 << 30)}", maxstanzas)
+                got = await join_once(client, rooms[i % len(rooms)], f"hs{i}-{random.randrange(1 << 30)}", maxstanzas,
+                                      nudge=ctx.args.nudge)
             except Exception as e:  # noqa: BLE001 - counted
                 failures.append(str(e)[:200])
                 continue
@@ -237,7 +255,7 @@ async def run_mam(ctx: Context, count: int, warmup: int, max_items: int) -> dict
             for i in range(warmup + count):
                 to, with_jid, before = targets[i % len(targets)]
                 try:
-                    got = await mam_once(client, f"q{name[:4]}{i}", to, with_jid, before, max_items)
+                    got = await mam_once(client, f"q{name[:4]}{i}", to, with_jid, before, max_items, nudge=ctx.args.nudge)
                 except Exception as e:  # noqa: BLE001 - counted
                     failures.append(str(e)[:200])
                     continue
@@ -442,6 +460,9 @@ def main(argv=None) -> int:
     parser.add_argument("--user", default=f"{corpus.USER_PREFIX}1", help="corpus user (bench-corpus-1 is in many private rooms)")
     parser.add_argument("--history", type=int, default=75, help="maxstanzas of the join")
     parser.add_argument("--max", type=int, default=50, help="MAM page size")
+    parser.add_argument("--nudge", action="store_true",
+                        help="join/mam: send a whitespace keepalive on the answer's first stanza (shows what Nagle's "
+                             "algorithm on the server plus the client's delayed ACK cost)")
     parser.add_argument("--search-path", default="/v2/search")
     parser.add_argument("--search-params", default="", help="more query parameters, URL-encoded (e.g. 'facets=true')")
     parser.add_argument("--seed", type=int, default=7, help="fixes the query mix")
@@ -454,7 +475,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     ctx = Context(args)
-    result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "user": args.user}
+    result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "user": args.user, "nudge": args.nudge}
     wanted = ["join", "mam", "search", "size"] if args.scenario == "all" else [args.scenario]
     if "size" in wanted:
         result["size"] = run_size(ctx)
