@@ -396,13 +396,23 @@ class RoomService:
         archive, message_id = self.archive, None
         if archive is not None and muc.has_body(message):
             record = archive.new_record(stanza, type="groupchat", sender=sender.bare, body=body_of(message), room=room, sender_name=sender.nick)
-            yield archive.store(record)  # a failure propagates: nothing is reflected, the sender gets an error
+            stored = yield archive.store(record)  # a failure propagates: nothing is reflected, the sender gets an error
+            if stored.get("duplicate"):
+                return None  # a resend (same origin-id) of a message already archived and reflected
             self._no_history_until.pop(room, None)  # it has history now
             xml, message_id = record["xml"], record["id"]
         else:
             xml = muc.serialise(stanza)
-        # Read after the store: whoever joins from now on finds the message in the recent list.
-        occupants = yield self.run_blocking(self.occupants.occupants, room)
+        try:
+            # Read after the store: whoever joins from now on finds the message in the recent list.
+            occupants = yield self.run_blocking(self.occupants.occupants, room)
+        except Exception as e:
+            if message_id is None:
+                raise
+            # Durable already: an error now would make the sender resend what history has. Only the
+            # live copies are lost (Redis failing over); joiners and MAM get the message from history.
+            self.log.warn("message {id} in {room} is archived but was not reflected: {error}", id=message_id, room=room, error=e)
+            return None
         self.send(room, occupants.values(), xml, message_id)
 
     @defer.inlineCallbacks

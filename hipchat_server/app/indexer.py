@@ -24,9 +24,6 @@ from hipchat_server.storage.opensearch import create_opensearch_client
 
 log = logging.getLogger("hipchat.indexer")
 
-# A node that refused a request is left alone for 1, 2, 4, then at most 8 s (the client's default grows
-# to 32 minutes): after the whole cluster was down, both data nodes take bulk requests again at once.
-CLIENT_OPTIONS = {"dead_timeout": 1.0, "timeout_cutoff": 3}
 MONTHS_INTERVAL_SECONDS = 3600.0
 MONTHS_RETRY_SECONDS = 60.0  # the cluster was down at the last attempt
 
@@ -56,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     # lines a second under load or during an outage. The indexer logs what an operator needs itself.
     logging.getLogger("opensearch").setLevel(logging.ERROR)
     # A bulk request may retry on the other data node; the client's timeout is per attempt.
-    index = MessageIndex(create_opensearch_client(config.opensearch, BULK_TIMEOUT_SECONDS, **CLIENT_OPTIONS), archive.index_prefix)
+    index = MessageIndex(create_opensearch_client(config.opensearch, BULK_TIMEOUT_SECONDS), archive.index_prefix)
     # The month thread has its own client: a client's connection pool keeps one connection per node.
-    months = MessageIndex(create_opensearch_client(config.opensearch, **CLIENT_OPTIONS), archive.index_prefix)
+    months = MessageIndex(create_opensearch_client(config.opensearch), archive.index_prefix)
     indexer = SpoolIndexer(archive.spool_dir, index)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: indexer.stop())

@@ -566,6 +566,34 @@ def test_a_message_the_archive_refuses_is_not_reflected_and_fails(world):
     assert alice.delivered == []
 
 
+def test_a_resend_with_the_same_origin_id_is_acknowledged_but_not_reflected_again(world):
+    """The archive recognised a resend (same sender and origin-id): the Deferred fires, nobody sees it twice."""
+    alice = make_room(world)
+    front = world.fronts["fe-1"]
+    alice.take()
+    original_store = world.archive.store
+    world.archive.store = lambda record: defer.succeed(dict(record, duplicate=True))
+    durable = front.send(alice, groupchat("again"))
+    world.archive.store = original_store
+    assert durable.called and received(alice) == []
+
+
+def test_a_durable_message_counts_as_sent_even_when_redis_fails_before_the_fan_out(world, monkeypatch):
+    """After the store, a Redis failure must not make the sender resend what history already has."""
+    alice = make_room(world)
+    front = world.fronts["fe-1"]
+    alice.take()
+    failures = []
+
+    def redis_down(room):
+        raise ConnectionError("Redis is failing over")
+
+    monkeypatch.setattr(world.occupants, "occupants", redis_down)
+    durable = front.send(alice, groupchat("kept"))
+    durable.addErrback(failures.append)
+    assert durable.called and failures == [] and [r["body"] for r in world.archive.records] == ["kept"]
+
+
 def test_chat_states_are_reflected_but_not_archived(world):
     alice = make_room(world)
     front = world.fronts["fe-1"]
