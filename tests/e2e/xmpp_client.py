@@ -21,6 +21,7 @@ class Endpoint:
     """Where and how to reach the appliance's XMPP ports."""
 
     def __init__(self, config):
+        self.config = config
         self.domain = config.server.domain
         self.c2s_port = config.xmpp.c2s_port
         self.c2s_tls_port = config.xmpp.c2s_tls_port
