@@ -166,7 +166,7 @@ class MessageArchive:
         """Fires with ``record`` once it is fsynced and in the recent lists; fails with SpoolError if not durable.
 
         A resend (same sender and origin-id as a message archived in the last
-        day) is not stored again: the Deferred fires with a copy of the record
+        hour) is not stored again: the Deferred fires with a copy of the record
         marked ``duplicate`` and carrying the first copy's id, and the caller
         must not deliver it again. A Redis failure after the fsync is logged,
         not raised: the message is durable, and the indexer makes it

@@ -22,7 +22,9 @@ CONVERSATION_KEY = "archive:recent:conversation:{conversation}"
 USER_KEY = "archive:recent:user:{bare}"
 # The id a sender's message with this origin-id got, so a resend is recognised (XEP-0359 origin-id).
 ORIGIN_KEY = "archive:origin:{sender}:{origin_id}"
-ORIGIN_SECONDS = 24 * 3600
+# Clients resend right after they reconnect (within XEP-0198's resumption window of 5 minutes, or
+# at their next login); an hour covers that and costs ~100 bytes per message for an hour, not a day.
+ORIGIN_SECONDS = 3600
 
 # Fills a list only while it does not exist, so a refill never lands on top of newer pushes.
 _RESTORE_IF_EMPTY = """
