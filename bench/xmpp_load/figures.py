@@ -33,6 +33,8 @@ def fmt(value) -> str:
         return f"{value:.2f}"
     if isinstance(value, int):
         return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {fmt(v)}" for k, v in value.items())
     return str(value)
 
 
@@ -93,6 +95,7 @@ ROWS = {
         ("ack_p50_ms", "XEP-0198 ack p50 (ms)"),
         ("ack_p99_ms", "XEP-0198 ack p99 (ms)"),
         ("unacked", "messages never acked"),
+        ("cpu_cores", "CPU cores used while sending"),
     ],
     "storm": [
         ("clients", "clients in the storm"),
@@ -125,6 +128,7 @@ ROWS["ingest"] = ROWS["chat"] + [
     ("acked_not_indexed", "acknowledged, not in OpenSearch"),
     ("indexed_duplicates", "duplicate documents"),
     ("indexed_not_acked", "in OpenSearch, not acknowledged"),
+    ("cpu_cores", "CPU cores used (sending + drain)"),
 ]
 
 TARGETS = {

@@ -20,6 +20,7 @@ import re
 import time
 from datetime import datetime, timedelta, timezone
 
+from .cpu import CpuWatch
 from .figures import percentiles
 from .pool import WorkerPool
 from .scenarios import Target, chat
@@ -49,16 +50,20 @@ class IndexingLag:
         self.poll_ms: list[float] = []
         self._last_poll = 0.0
         self.wall_start = None
+        self.cpu = CpuWatch(extra={"load generator": pool.pids()})
+        self._sending_ended = False
 
     # The observer interface of `scenarios.chat`.
     def started(self) -> None:
         self.wall_start = datetime.now(timezone.utc) - timedelta(seconds=2)
+        self.cpu.start()
 
     def tick(self) -> None:
         if time.monotonic() - self._last_poll >= self.poll:
             self._poll_once()
 
     def finish(self, result: dict, sent_ranges: dict) -> dict:
+        self.cpu.stop()  # over the sending and the drain: the server's work on those messages
         deadline = time.monotonic() + self.index_wait
         self._poll_once()
         while self.pending and time.monotonic() < deadline:
@@ -82,8 +87,13 @@ class IndexingLag:
             "acked": len(acked), "indexed_docs": sum(found.values()), "indexed_unique": len(found),
             "indexed_duplicates": duplicates, "acked_not_indexed": len(missing),
             "indexed_not_acked": len(set(found) - acked), "count_query": counted,
+            "cpu_cores": self.cpu.cores(),
         })
         notes = result["notes"]
+        restarted = self.cpu.restarted()
+        if restarted:
+            figures["void"] = True
+            notes.append(f"FIGURES VOID: server processes restarted during the run: {', '.join(restarted)}")
         if self.search_errors:
             notes.append(f"OpenSearch polls that failed, by error: {self.search_errors}")
         if missing:

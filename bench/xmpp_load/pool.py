@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 from .client import Options
 from .worker import worker_main
@@ -25,6 +26,10 @@ class WorkerPool:
             self.processes.append(process)
         self._next_id = 0
         self._answers: list[dict] = [{} for _ in range(count)]
+
+    def pids(self) -> list[int]:
+        """The worker processes' pids (and this process's)."""
+        return [p.pid for p in self.processes] + [os.getpid()]
 
     def __len__(self) -> int:
         return len(self.connections)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+from .cpu import CpuWatch
 from .figures import percentiles
 from .pool import WorkerPool, split
 from .scenarios import Target, _login
@@ -81,8 +82,13 @@ def rooms(pool: WorkerPool, target: Target, service: str, room_count: int = 10, 
         routes = [(i, room_of[i]) for i in share if i in in_room]
         sends.append({"routes": routes, "rate": rate * len(routes) / max(1, len(senders)), "duration": duration,
                       "kind": "groupchat"})
+    cpu = CpuWatch(extra={"load generator": pool.pids()}) if target.name == "hipchat" else None
+    if cpu:
+        cpu.start()
     start = time.monotonic()
     answers = [pool.wait(t) for t in [pool.start(w, "send", **args) for w, args in enumerate(sends) if args["routes"]]]
+    if cpu:
+        cpu.stop()
     sent_ranges = {k: v for a in answers for k, v in a["sent"].items()}
     sent = sum(last - first + 1 for first, last in sent_ranges.values())
     expected = sum((last - first + 1) * len(members[room_of[s]]) for s, (first, last) in sent_ranges.items())
@@ -136,11 +142,16 @@ def rooms(pool: WorkerPool, target: Target, service: str, room_count: int = 10, 
         "ack_p50_ms": ack[50] if sm else None, "ack_p99_ms": ack[99] if sm else None,
         "unacked": unacked if sm else None,
         "stream_management": login["sm_offered"],
+        "cpu_cores": cpu.cores() if cpu else None,
     }
     if exact_expected != expected:
         notes.append(f"expected deliveries: {expected} from the send counts, {exact_expected} counted by the occupants")
     if lost_by_room:
         notes.append(f"lost deliveries by room: {lost_by_room}")
+    restarted = cpu.restarted() if cpu else []
+    if restarted:
+        figures["void"] = True
+        notes.append(f"FIGURES VOID: server processes restarted during the run: {', '.join(restarted)}")
     if errors_without_body:
         notes.append(f"{errors_without_body} error bounces did not quote the message")
     if not sm:
