@@ -20,11 +20,12 @@ the newest, ``after`` forwards; either way the page itself is oldest first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
 
+from hipchat_server.history_counts import ArchiveCounts
 from hipchat_server.storage.message_search import (
     MessageFilter,
     SearchUnavailable,
@@ -44,12 +45,6 @@ MAX_PAGE_SIZE = 250
 # The oldest few records of a full recent list may be missing a neighbour: two front ends push
 # concurrently, and trimming the list cuts by arrival, not by id. Trust the list from here on.
 WINDOW_MARGIN = 5
-# A page served from Redis alone reports the archive's size from this cache (XEP-0059 lets the
-# count be approximate): the count OpenSearch gave at most this many seconds ago, plus what is newer.
-COUNT_TTL = 30.0
-# With nothing cached, a page from Redis waits this long (seconds) for OpenSearch's count, then goes without.
-COLD_COUNT_WAIT = 0.05
-MAX_CACHED_COUNTS = 10_000
 
 
 class HistoryError(Exception):
@@ -179,14 +174,6 @@ class RecentWindow:
         return None
 
 
-@dataclass
-class _CachedCount:
-    count: int
-    newest_id: str | None
-    at: float
-    refreshing: bool = field(default=False)
-
-
 class History:
     """Answers history queries over OpenSearch (``store``, a `storage.message_search.MessageSearchStore`),
     the Redis recent lists (``recent``, a `storage.recent.RecentMessages`) and room permissions
@@ -203,7 +190,7 @@ class History:
         self.run_search, self.run_redis, self.run_database = run_search, run_redis, run_database
         self.clock = clock or reactor
         self.recent_size = recent_size
-        self._counts: dict[MessageFilter, _CachedCount] = {}
+        self.counts = ArchiveCounts(store, run_search, self.clock)
 
     # Who may read what.
     def user_archive(self, requester: str, owner: str | None = None) -> Archive:
@@ -273,7 +260,7 @@ class History:
         page = window.page(criteria, paging)
         if page is not None:
             if page.count is None:
-                page.count = yield self._count_for_recent_page(criteria, window)
+                page.count = yield self.counts.count(criteria, window)
             return page
         try:
             return (yield self._query_opensearch(criteria, paging, window))
@@ -345,77 +332,9 @@ class History:
         else:
             ordered = ordered[: paging.max + 1]
         records, complete = _take(ordered, paging)
-        present = hits_ids(responses[2]) if recent else set()
-        return Page(records, complete, self._counted(criteria, total_of(responses[1]), recent, present, window))
-
-    # Counts for pages answered from Redis.
-    @staticmethod
-    def _cacheable(criteria: MessageFilter) -> MessageFilter | None:
-        """The key a count is cached under: only whole archives and conversations (a bounded set)."""
-        plain = replace(criteria, start_ms=None, end_ms=None, after_id=None, before_id=None, ids=(), fulltext=None)
-        return plain if plain == criteria else None
-
-    def _counted(self, criteria: MessageFilter, total: int, recent: list[dict], present: set[str], window) -> int:
-        """OpenSearch's ``total`` plus the ``recent`` records it does not have yet; cached when it is settled.
-
-        When even the oldest record of a full recent list is not indexed yet,
-        older messages may be missing from both: the count is then too low
-        for a while, and is not kept.
-        """
-        unindexed = {r["id"] for r in recent} - present
-        count = total + len(unindexed)
-        if not recent or recent[0]["id"] not in unindexed or not window.full:
-            self._remember_count(criteria, count, window.newest_id())
-        return count
-
-    def _remember_count(self, criteria: MessageFilter, count: int, newest_id: str | None) -> None:
-        key = self._cacheable(criteria)
-        if key is None:
-            return
-        if key not in self._counts and len(self._counts) >= MAX_CACHED_COUNTS:
-            self._counts.pop(next(iter(self._counts)))
-        self._counts[key] = _CachedCount(count, newest_id, self.clock.seconds())
-
-    def _count_for_recent_page(self, criteria: MessageFilter, window: RecentWindow) -> defer.Deferred:
-        """How many messages ``criteria`` selects, approximately, without waiting long for OpenSearch."""
-        key = self._cacheable(criteria)
-        if key is None:
-            return defer.succeed(None)  # a filtered page from Redis: counting it would cost a query
-        cached = self._counts.get(key)
-        if cached is not None:
-            if self.clock.seconds() - cached.at > COUNT_TTL and not cached.refreshing:
-                cached.refreshing = True
-                self._refresh_count(key, window).addErrback(lambda _: setattr(cached, "refreshing", False))
-            newer = sum(
-                1 for r in window.records if (cached.newest_id is None or r["id"] > cached.newest_id) and key.matches(r)
-            )
-            return defer.succeed(cached.count + newer)
-        counted = self._refresh_count(key, window)
-        counted.addErrback(lambda _: None)
-        waited = defer.Deferred()
-        timer = self.clock.callLater(COLD_COUNT_WAIT, lambda: waited.called or waited.callback(None))
-
-        def arrived(count):
-            if timer.active():
-                timer.cancel()
-            if not waited.called:
-                waited.callback(count)
-
-        counted.addCallback(arrived)
-        return waited
-
-    @defer.inlineCallbacks
-    def _refresh_count(self, key: MessageFilter, window: RecentWindow):
-        recent = [r for r in window.records if key.matches(r)]
-        searches = [(self.store.prefix, count_body(key))]
-        if recent:
-            searches.append((self.store.prefix, present_ids_body(key, [r["id"] for r in recent])))
-        try:
-            responses = yield self.run_search(self.store.multi_search, searches)
-        except SearchUnavailable as e:
-            self.log.info("counting an archive failed: {error}", error=e)
-            raise
-        return self._counted(key, total_of(responses[0]), recent, hits_ids(responses[1]) if recent else set(), window)
+        # OpenSearch's count, and what only Redis holds yet.
+        unindexed = {r["id"] for r in recent} - (hits_ids(responses[2]) if recent else set())
+        return Page(records, complete, total_of(responses[1]) + len(unindexed))
 
     # The archive's first and last message (XEP-0313 metadata).
     @defer.inlineCallbacks

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer, task
 
-from hipchat_server.history import COUNT_TTL, HistoryError, Paging
+from hipchat_server.history import HistoryError, Paging
+from hipchat_server.history_counts import COUNT_TTL, SETTLE_SECONDS, UNSETTLED_COUNT_TTL
 from hipchat_server.storage.message_search import MessageFilter
 from tests.unit.history_fakes import ALICE, BOB, CAROL, D, ENG, SECRET, Corpus, FakeOpenSearch, FakeRecent, make_history
 
@@ -125,6 +126,24 @@ def test_a_page_from_redis_uses_the_cached_count_plus_newer_messages(history, co
     clock.advance(COUNT_TTL + 1)
     page_of(history, room_criteria(history), before="", max=10)
     assert len(client.requests) > asked, "a stale count is refreshed in the background"
+
+
+def test_a_settled_count_is_kept_longer_and_one_whose_boundary_left_the_list_is_taken_again(
+    history, corpus, client, clock
+):
+    """Counts whose boundary is older than SETTLE_SECONDS live COUNT_TTL; once the list moved past it, ask again."""
+    for _ in range(100):
+        corpus.add(room=ENG)
+    clock.advance(corpus.now / 1000 + SETTLE_SECONDS + 1)  # the clock reads wall time: the corpus is settled
+    page_of(history, room_criteria(history), before="", max=10)
+    asked = len(client.requests)
+    clock.advance(UNSETTLED_COUNT_TTL + 1)
+    assert page_of(history, room_criteria(history), before="", max=10).count == 100
+    assert len(client.requests) == asked, "still fresh"
+    for _ in range(80):
+        corpus.add(room=ENG)  # the boundary leaves the recent list
+    assert page_of(history, room_criteria(history), before="", max=10).count == 180
+    assert len(client.requests) > asked
 
 
 def test_a_count_taken_while_the_indexer_lags_behind_the_recent_list_is_not_kept(history, corpus, client):
