@@ -223,11 +223,17 @@ def _attribute(value: str) -> str:
     return domish.escapeToXml(value, isattrib=1)
 
 
-def result_message(to: str, archive: str, queryid: str | None, record: dict) -> str:
-    """One ``<message><result/></message>`` of a query, as text (50 of these per page: no element tree)."""
+def result_message(to: str, archive: str | None, queryid: str | None, record: dict) -> str:
+    """One ``<message><result/></message>`` of a query, as text (50 of these per page: no element tree).
+
+    From the room for a room's archive; with no 'from' (the account itself,
+    as XEP-0313's examples) for a user's, which also keeps the result out of
+    offline storage should the session end before the client acknowledged it.
+    """
     query_attribute = f" queryid='{_attribute(queryid)}'" if queryid is not None else ""
+    from_attribute = f" from='{_attribute(archive)}'" if archive is not None else ""
     return (
-        f"<message to='{_attribute(to)}' from='{_attribute(archive)}'>"
+        f"<message to='{_attribute(to)}'{from_attribute}>"
         f"<result xmlns='{MAM_NS}'{query_attribute} id='{_attribute(record['id'])}'>"
         f"<forwarded xmlns='{FORWARD_NS}'><delay xmlns='{DELAY_NS}' stamp='{_attribute(record['timestamp'])}'/>"
         f"{with_content_namespace(record['xml'])}</forwarded></result></message>"
@@ -333,8 +339,9 @@ class MamService:
         page = yield self.history.query(criteria, query.paging)
         to = connection.jid.full()
         records = reversed(page.records) if query.flip else page.records
+        archive_from = archive.jid if archive.room else None
         for record in records:
-            connection.deliver(result_message(to, archive.jid, query.queryid, record))
+            connection.deliver(result_message(to, archive_from, query.queryid, record))
         connection.deliver(iq_result(iq, fin_element(page.first, page.last, page.count, page.complete)))
 
     @defer.inlineCallbacks
