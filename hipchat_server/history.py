@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
 
-from hipchat_server.history_counts import ArchiveCounts
+from hipchat_server.history_counts import ArchiveCounts, split_at_boundary
 from hipchat_server.storage.message_search import (
     MessageFilter,
     SearchUnavailable,
@@ -304,16 +304,10 @@ class History:
                 self.store.indices(page_low, page_high),
                 page_body(criteria, size=paging.max + 1, newest_first=paging.backwards, search_after=reference),
             ),
-            (self.store.indices(low, high), count_body(criteria)),
         ]
+        counted, listed = split_at_boundary(criteria, window)  # OpenSearch counts the older part, Redis the rest
+        searches.append((self.store.indices(*counted.month_bounds()), count_body(counted)))
         recent = [r for r in window.records if criteria.matches(r)] if criteria.testable else []
-        if recent:
-            searches.append(
-                (
-                    self.store.indices(message_id_milliseconds(recent[0]["id"]), None),
-                    present_ids_body(criteria, [r["id"] for r in recent]),
-                )
-            )
         references = sorted(
             {i for i in (reference, criteria.after_id, criteria.before_id, *criteria.ids) if i} - window.ids
         )
@@ -332,9 +326,7 @@ class History:
         else:
             ordered = ordered[: paging.max + 1]
         records, complete = _take(ordered, paging)
-        # OpenSearch's count, and what only Redis holds yet.
-        unindexed = {r["id"] for r in recent} - (hits_ids(responses[2]) if recent else set())
-        return Page(records, complete, total_of(responses[1]) + len(unindexed))
+        return Page(records, complete, total_of(responses[1]) + listed)
 
     # The archive's first and last message (XEP-0313 metadata).
     @defer.inlineCallbacks

@@ -52,6 +52,21 @@ def cacheable(criteria: MessageFilter) -> MessageFilter | None:
     return plain if plain == criteria else None
 
 
+def split_at_boundary(criteria: MessageFilter, window) -> tuple[MessageFilter, int]:
+    """A count of ``criteria`` in two parts: the filter OpenSearch counts (messages before the recent list's
+    boundary, long indexed and stable) and how many the recent list holds from the boundary on.
+
+    Counting OpenSearch's newest documents instead would race the index's
+    refreshes and the indexer (one front end's spool may be behind another's).
+    """
+    boundary = window.complete_from if criteria.testable else None
+    if boundary is None:
+        return criteria, 0
+    before = boundary if criteria.before_id is None else min(boundary, criteria.before_id)
+    listed = sum(1 for r in window.records if r["id"] >= boundary and criteria.matches(r))
+    return replace(criteria, before_id=before), listed
+
+
 class ArchiveCounts:
     """Counts of whole archives over ``store`` (a `storage.message_search.MessageSearchStore`) and a recent window.
 
@@ -75,7 +90,8 @@ class ArchiveCounts:
             if self.clock.seconds() - counted.at > counted.ttl and not counted.refreshing:
                 counted.refreshing = True
                 self._refresh(key, window).addErrback(lambda _: setattr(counted, "refreshing", False))
-            return defer.succeed(counted.before + self._from(key, window, counted.boundary))
+            listed = sum(1 for r in window.records if r["id"] >= counted.boundary and key.matches(r))
+            return defer.succeed(counted.before + listed)
         fresh = self._refresh(key, window)
         fresh.addErrback(lambda _: None)
         waited = defer.Deferred()
@@ -90,14 +106,10 @@ class ArchiveCounts:
         fresh.addCallback(arrived)
         return waited
 
-    @staticmethod
-    def _from(key: MessageFilter, window, boundary: str) -> int:
-        return sum(1 for r in window.records if r["id"] >= boundary and key.matches(r))
-
     @defer.inlineCallbacks
     def _refresh(self, key: MessageFilter, window):
         boundary = window.complete_from
-        before_boundary = replace(key, before_id=boundary)
+        before_boundary, listed = split_at_boundary(key, window)
         high = message_id_milliseconds(boundary)
         try:
             [response] = yield self.run_search(
@@ -111,4 +123,4 @@ class ArchiveCounts:
         if key not in self._counts and len(self._counts) >= MAX_CACHED_COUNTS:
             self._counts.pop(next(iter(self._counts)))
         self._counts[key] = _Counted(total_of(response), boundary, now, COUNT_TTL if settled else UNSETTLED_COUNT_TTL)
-        return total_of(response) + self._from(key, window, boundary)
+        return total_of(response) + listed
