@@ -9,6 +9,7 @@ to a non-member).
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -29,6 +30,8 @@ CLIENT = "jabber:client"
 FULLTEXT = "{urn:xmpp:fulltext:0}fulltext"
 # Seconds the indexer may take to make a message searchable (its target is 1-2 s; the tests allow for a busy box).
 INDEXING_WAIT = 30.0
+# Twice the indices' refresh interval: by then every copy of every shard shows what one copy showed.
+REFRESH_SECONDS = 2.0
 
 
 def form(**fields) -> str:
@@ -118,6 +121,20 @@ def indexed_count(chat_server, ids: list[str]) -> int:
     return client.count(index=prefix, body={"query": {"ids": {"values": ids}}})["count"]
 
 
+def wait_until_searchable(chat_server, ids: list[str]) -> None:
+    """Wait until OpenSearch has every one of ``ids``, then for every copy of each shard to show them.
+
+    Primaries and replicas refresh on their own schedules (1 s): a search right
+    after one copy showed a document may be served by another that does not yet.
+    """
+    wait_for(lambda: indexed_count(chat_server, ids) == len(ids), INDEXING_WAIT, what="indexing")
+    time.sleep(REFRESH_SECONDS)
+
+
+async def searchable(chat_server, ids: list[str]) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, wait_until_searchable, chat_server, ids)
+
+
 def jid(endpoint, username: str) -> str:
     return f"{username}@{endpoint.domain}"
 
@@ -140,9 +157,7 @@ def test_a_conversation_of_130_messages_pages_both_ways_for_both_sides(chat_serv
             ids = (await mam(a, form(**{"with": jid(endpoint, bob)}) + rsm(250))).ids
             assert len(ids) == 130
             # Older pages come from OpenSearch: wait until the indexer has every one of them.
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: wait_for(lambda: indexed_count(chat_server, ids) == 130, INDEXING_WAIT, what="indexing")
-            )
+            await searchable(chat_server, ids)
             for client, other in ((a, bob), (b, alice)):
                 back = await walk(client, jid(endpoint, other), backwards=True)
                 assert [body for page in reversed(back) for body in page.bodies] == bodies
@@ -236,9 +251,7 @@ def test_fulltext_search_in_the_archive(chat_server, endpoint, new_user):
             await send_durably(a, jid(endpoint, bob), "nothing to see")
             await send_durably(a, jid(endpoint, bob), f"{word} failing again")
             ids = (await mam(a)).ids
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: wait_for(lambda: indexed_count(chat_server, ids) == 3, INDEXING_WAIT, what="indexing")
-            )
+            await searchable(chat_server, ids)
             found = await mam(a, form(**{FULLTEXT: f"{word} fail"}))  # stemmed: failed, failing
             assert found.bodies == [f"the {word} builds failed", f"{word} failing again"] and found.count == 2
         finally:
@@ -277,9 +290,7 @@ def test_room_history_pages_and_a_private_rooms_history_is_for_members(chat_serv
             assert newest.bodies == [f"public {n}" for n in range(70, 80)] and not newest.complete
             assert {r[3] for r in newest.results} == {public}
             ids = (await mam(o, rsm(250), to=public)).ids
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: wait_for(lambda: indexed_count(chat_server, ids) == 80, INDEXING_WAIT, what="indexing")
-            )
+            await searchable(chat_server, ids)
             assert [b for p in reversed(await walk(o, None, backwards=True, size=30, to=public)) for b in p.bodies] == [
                 f"public {n}" for n in range(80)
             ]

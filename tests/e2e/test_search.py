@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 import uuid
 
 import pytest
 import requests
 
 from tests.conftest import wait_for
-from tests.e2e.test_history import send_durably_to_room, sm_member
+from tests.e2e.test_history import REFRESH_SECONDS, send_durably_to_room, sm_member
 from tests.e2e.test_rooms import create, join, room_of
 from tests.e2e.xmpp_client import PASSWORD, run, send_durably
 
@@ -80,6 +81,7 @@ def world(endpoint, new_user, api):
         INDEXING_WAIT,
         what="the indexer to make the messages searchable",
     )
+    time.sleep(REFRESH_SECONDS)  # every copy of each shard shows them too, not only the one that answered
     return dict(alice=alice, bob=bob, carol=carol, token=token, public=public, private=private, domain=domain)
 
 
