@@ -3,7 +3,7 @@
 Occupants on both front ends chat in one room under Stream Management
 (XEP-0198), each message carrying a XEP-0359 origin-id. A fault hits in the
 middle: the Redis primary is killed (Sentinel fails over), an OpenSearch data
-node is killed, or a front end is killed. A client that loses its stream
+node is killed, every OpenSearch node stops for 30 s, or a front end is killed. A client that loses its stream
 logs in again, rejoins and resends what was never acknowledged, with the same
 origin-id, as a careful client does. In the end every message is
 acknowledged, and history (the OpenSearch index every message is drained
@@ -22,7 +22,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from slixmpp import JID
 
-from tests.conftest import program_pid, wait_for
+from tests.conftest import program_pid, supervisorctl, wait_for
 from tests.e2e.xmpp_client import TIMEOUT, front_end_of, login, run
 
 pytestmark = pytest.mark.disruptive
@@ -156,8 +156,8 @@ def room_history(chat_server, room: str) -> list[str]:
     return [hit["_source"]["body"] for hit in result["hits"]["hits"]]
 
 
-def run_room_traffic(config, endpoint, chat_server, new_user, fault) -> list[Occupant]:
-    """Four occupants chat; ``fault()`` (blocking) runs mid-traffic; then every message is in history once."""
+def run_room_traffic(config, endpoint, chat_server, new_user, fault, seconds: float = TRAFFIC_SECONDS) -> list[Occupant]:
+    """Four occupants chat for ``seconds``; ``fault()`` (blocking) runs mid-traffic; then every message is in history once."""
     room = f"faults-{uuid.uuid4().hex[:8]}@{config.rooms.service}.{config.server.domain}"
     # Two occupants on each XMPP front end, so a killed front end always takes some of them.
     occupants = [Occupant(endpoint, new_user(), room, front_end=f"xmpp-{n % 2}") for n in range(4)]
@@ -165,7 +165,7 @@ def run_room_traffic(config, endpoint, chat_server, new_user, fault) -> list[Occ
     async def scenario():
         for occupant in occupants:
             await occupant.connect()
-        chatting = [asyncio.ensure_future(o.chat_for(TRAFFIC_SECONDS)) for o in occupants]
+        chatting = [asyncio.ensure_future(o.chat_for(seconds)) for o in occupants]
         await asyncio.sleep(FAULT_AFTER)
         await asyncio.get_running_loop().run_in_executor(None, fault)
         await asyncio.gather(*chatting)
@@ -178,8 +178,14 @@ def run_room_traffic(config, endpoint, chat_server, new_user, fault) -> list[Occ
     sent = [body for o in occupants for body in o.sent.values()]
     assert len(sent) > 100
 
-    deadline = time.monotonic() + 120
-    while len(room_history(chat_server, room)) < len(sent) and time.monotonic() < deadline:
+    def indexed() -> int:
+        try:
+            return len(room_history(chat_server, room))
+        except Exception:  # the cluster may still be starting
+            return -1
+
+    deadline = time.monotonic() + 180
+    while indexed() < len(sent) and time.monotonic() < deadline:
         time.sleep(1.0)
     time.sleep(2.0)  # a late duplicate would show up now
     history = room_history(chat_server, room)
@@ -250,3 +256,21 @@ def test_history_is_complete_after_a_front_end_is_killed(config, endpoint, chat_
 
     occupants = run_room_traffic(config, endpoint, chat_server, new_user, fault)
     assert sorted(o.logins for o in occupants) == [1, 1, 2, 2]  # the two on the killed front end came back
+
+
+def test_history_is_complete_after_every_opensearch_node_is_down_for_30_seconds(config, endpoint, chat_server, new_user):
+    """The whole search cluster stops for 30 s while the room keeps chatting: messages are acknowledged from the spool,
+    and once the cluster is back the spool drains into history, each message once."""
+    client = chat_server.get_opensearch_client()
+
+    def fault():
+        supervisorctl("stop", "opensearch:*", check=True)
+        time.sleep(30.0)
+        supervisorctl("start", "opensearch:*", check=True)
+
+    try:
+        occupants = run_room_traffic(config, endpoint, chat_server, new_user, fault, seconds=40.0)
+        assert sum(len(o.sent) for o in occupants) > 2000
+    finally:
+        supervisorctl("start", "opensearch:*")
+        wait_for(lambda: client.cluster.health()["status"] == "green", 300, interval=2.0, what="the cluster to be green again")
