@@ -472,8 +472,8 @@ class ClusterRouter(EchoLessRouter):
         if stanza.name == "message":
             if stanza.getAttribute("type", "normal") not in STORED_MESSAGE_TYPES or stanza.getAttribute("from") is None:
                 return
-            if any(child.uri == carbons.CARBONS_NS for child in stanza.elements()):
-                return  # a carbon copy: the original went elsewhere
+            if not any(child.name == "body" for child in stanza.elements()):
+                return  # not a message someone wrote: a carbon copy (the original went elsewhere), a MAM result
             outcome, settled = yield self._route_to_user(stanza, gone.bare(), sender=gone)
             if settled is not None:
                 yield settled

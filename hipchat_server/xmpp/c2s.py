@@ -142,7 +142,13 @@ class ClientConnection(XmppStreamProtocol):
             return self._too_many_unacked()
         if not self._gone and not self._lent:
             self.send(text)
-            self._request_ack_soon()
+            if len(self.sm.unacked) * 2 >= self.factory.sm_max_unacked and not self._ack_requested:
+                # Filling up fast (a MAM page is 51 stanzas): ask now, not in half a second, or a client
+                # paging quickly reaches the cap and its stream is closed.
+                self._cancel_ack_request()
+                self._request_ack()
+            else:
+                self._request_ack_soon()
 
     def stanza_text(self, element: domish.Element) -> str:
         """``element`` serialized as `send` writes it (what the unacked queue keeps)."""

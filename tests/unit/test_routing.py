@@ -505,3 +505,18 @@ def test_a_resent_message_is_acknowledged_but_not_delivered_twice():
         spool.commit()
     assert all(fired(d) for d in durables)
     assert len(spool.committed) == 1 and len(bob.delivered) == 1
+
+
+def test_unacknowledged_archive_results_and_carbons_are_not_stored_offline():
+    """Only messages someone wrote are kept for later: a MAM result or a carbon copy left unacknowledged is not."""
+    router, sessions, _ = make_router()
+    phone = bind(router, sessions, f"bob@{DOMAIN}/phone")
+    sessions.remove(phone)
+    router.session_ended(phone)
+    result = (
+        f"<message xmlns='jabber:client' from='room@conference.{DOMAIN}' to='{phone.jid}'>"
+        "<result xmlns='urn:xmpp:mam:2' id='1'><forwarded xmlns='urn:xmpp:forward:0'>"
+        "<message xmlns='jabber:client' type='groupchat'><body>old</body></message></forwarded></result></message>"
+    )
+    router.undelivered(phone, [result])
+    assert router.offline_store.kept == {}

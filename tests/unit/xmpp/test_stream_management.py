@@ -293,6 +293,23 @@ def test_delivered_stanzas_wait_for_the_clients_ack(factory, clock):
     assert list(client.connection.sm.unacked) == [client.connection.stanza_text(message(2))]
 
 
+def test_a_queue_filling_fast_gets_an_ack_request_at_once(factory, clock):
+    """At half of sm_max_unacked the server asks <r/> right away (a client paging MAM fast would hit the cap first)."""
+    client, _ = enabled_client(factory, resume=False)
+    client.transport.clear()
+    for n in range(9):
+        client.connection.deliver(message(n))
+    assert f"<r xmlns='{SM}'/>" not in client.transport.value().decode()  # 9 of 20: the usual half-second wait
+    client.connection.deliver(message(9))
+    assert client.transport.value().decode().endswith(f"<r xmlns='{SM}'/>")
+    client.send(f"<a xmlns='{SM}' h='10'/>")
+    for n in range(10, 25):  # acknowledged as it goes, the client never reaches the cap
+        client.connection.deliver(message(n))
+        if client.transport.value().decode().endswith(f"<r xmlns='{SM}'/>"):
+            client.send(f"<a xmlns='{SM}' h='{n + 1}'/>")
+    assert not client.closed
+
+
 def test_an_ack_beyond_what_was_sent_closes_the_stream(factory):
     """<a h/> above the count of stanzas sent is an undefined-condition stream error with handled-count-too-high."""
     client, _ = enabled_client(factory, resume=False)
