@@ -146,6 +146,10 @@ class ClusterRouter(EchoLessRouter):
         """
         self._domain_handlers[domainpart] = handler
 
+    def service_domains(self) -> list[str]:
+        """The services registered with `register_domain_handler`, listed in the server's disco#items."""
+        return sorted(self._domain_handlers)
+
     def on_session_ended(self, handler: Callable[..., "defer.Deferred | None"]) -> None:
         """Run ``handler(connection)`` when a bound session ends, before it leaves the session directory."""
         self._session_end_handlers.append(handler)

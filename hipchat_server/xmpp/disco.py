@@ -60,3 +60,17 @@ def server_items(services: Iterable[str] = ()) -> domish.Element:
     for jid in sorted(services):
         query.addElement("item")["jid"] = jid
     return query
+
+
+# What a user's own bare JID answers (XEP-0313 section 6: clients look for MAM on the account).
+ACCOUNT_FEATURES = (DISCO_INFO_NS, FULLTEXT_NS, MAM_NS, MAM_EXTENDED_FEATURE)
+
+
+def account_info() -> domish.Element:
+    """The disco#info payload of a user's own account: identity account/registered and its archive's features."""
+    query = domish.Element((DISCO_INFO_NS, "query"))
+    identity = query.addElement("identity")
+    identity["category"], identity["type"] = "account", "registered"
+    for feature in ACCOUNT_FEATURES:
+        query.addElement("feature")["var"] = feature
+    return query

@@ -45,6 +45,14 @@ def _server_query(iq: domish.Element, services=()) -> domish.Element | None:
     return None
 
 
+def _account_query(iq: domish.Element) -> domish.Element | None:
+    """A user's disco#info of their own bare JID (no node): the account's answer; None for anything else."""
+    query = iq.firstChildElement()
+    if iq.getAttribute("type") != "get" or query is None or query.uri != DISCO_INFO_NS or query.hasAttribute("node"):
+        return None
+    return disco.account_info()
+
+
 def _asks_unknown_disco_node(iq: domish.Element) -> bool:
     """A disco#info get for a node the server does not have (XEP-0030: item-not-found)."""
     query = iq.firstChildElement()
@@ -63,8 +71,8 @@ class EchoLessRouter:
         self.sessions = sessions
 
     def service_domains(self) -> list[str]:
-        """The services on subdomains registered on the router (rooms), listed in the server's disco#items."""
-        return sorted(getattr(self, "_domain_handlers", {}))
+        """The services on subdomains (rooms), listed in the server's disco#items; none here."""
+        return []
 
     def session_started(self, connection) -> None:
         self.log.debug("{jid} bound", jid=connection.jid)
@@ -83,7 +91,10 @@ class EchoLessRouter:
     def _iq(self, connection, iq: domish.Element, target: JID | None) -> None:
         kind = iq.getAttribute("type")
         if target is None or target in (self.domain, connection.jid.bare()):
-            answer = _server_query(iq, self.service_domains()) if target in (None, self.domain) else None
+            if target in (None, self.domain):
+                answer = _server_query(iq, self.service_domains())
+            else:
+                answer = _account_query(iq)
             if is_ping(iq):
                 connection.deliver(iq_result(iq))
             elif target in (None, self.domain) and _asks_unknown_disco_node(iq):

@@ -520,3 +520,19 @@ def test_unacknowledged_archive_results_and_carbons_are_not_stored_offline():
     )
     router.undelivered(phone, [result])
     assert router.offline_store.kept == {}
+
+
+def test_disco_info_of_ones_own_account_names_its_archive():
+    """Clients look for MAM on the account (XEP-0313 6): the user's bare JID answers account/registered with mam:2."""
+    router, sessions, _ = make_router()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    iq = domish.Element(("jabber:client", "iq"))
+    iq["type"], iq["id"], iq["to"], iq["from"] = "get", "d1", f"alice@{DOMAIN}", str(alice.jid)
+    iq.addElement(("http://jabber.org/protocol/disco#info", "query"))
+    router.stanza_from_client(alice, iq)
+    [answer] = alice.delivered
+    assert answer["type"] == "result"
+    query = answer.firstChildElement()
+    identity = next(c for c in query.elements() if c.name == "identity")
+    assert (identity["category"], identity["type"]) == ("account", "registered")
+    assert "urn:xmpp:mam:2" in {c["var"] for c in query.elements() if c.name == "feature"}
