@@ -15,7 +15,7 @@ import uuid
 import xml.etree.ElementTree as ET
 
 from hipchat_server.storage.spool import read_frames
-from tests.e2e.xmpp_client import TIMEOUT, acked, run, send_durably, sent_count, sm_login
+from tests.e2e.xmpp_client import TIMEOUT, run, send_acked, send_durably, sm_login
 
 SID_NS = "urn:xmpp:sid:0"
 
@@ -84,9 +84,7 @@ def test_chat_states_and_errors_are_not_archived(config, endpoint, new_user):
             typing = sender.make_message(mto=f"{alice}@{domain}", mtype="chat")
             typing["chat_state"] = "composing"
             typing["id"] = marker
-            before = sent_count(sender)
-            typing.send()
-            await acked(sender, before + 1)
+            await send_acked(sender, typing)
             await send_durably(sender, f"{alice}@{domain}", f"after typing {marker}")
         finally:
             await receiver.close()
@@ -110,9 +108,7 @@ def test_a_resend_with_the_same_origin_id_is_delivered_and_archived_once(config,
             for _ in range(2):
                 message = sender.make_message(mto=f"{alice}@{domain}", mbody=f"once {marker}", mtype="chat")
                 message.xml.append(ET.fromstring(f"<origin-id xmlns='{SID_NS}' id='{marker}'/>"))
-                before = sent_count(sender)
-                message.send()
-                await acked(sender, before + 1)
+                await send_acked(sender, message)
             await send_durably(sender, f"{alice}@{domain}", f"next {marker}")
             return [(await asyncio.wait_for(receiver.received.get(), TIMEOUT))["body"] for _ in range(2)]
         finally:

@@ -180,3 +180,10 @@ async def sm_login(endpoint, username, resource=None):
         assert time.monotonic() < deadline, "stream management was not enabled"
         await asyncio.sleep(0.05)
     return client
+
+
+async def send_acked(client, stanza) -> None:
+    """Send a prepared stanza and wait until the server acknowledged it (XEP-0198)."""
+    mark = sent_count(client) + 1
+    stanza.send()
+    await acked(client, mark)
