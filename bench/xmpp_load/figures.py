@@ -122,6 +122,8 @@ ROWS["ingest"] = ROWS["chat"] + [
     ("index_lag_p95_s", "indexing lag p95 (s)"),
     ("index_lag_p99_s", "indexing lag p99 (s)"),
     ("index_lag_max_s", "indexing lag max (s)"),
+    ("server_to_index_p50_s", "archived -> searchable p50 (s)"),
+    ("server_to_index_p99_s", "archived -> searchable p99 (s)"),
     ("index_poll_s", "OpenSearch polled every (s)"),
     ("acked", "messages acknowledged"),
     ("indexed_docs", "documents of the run in OpenSearch"),

@@ -1,7 +1,7 @@
 """The ingest scenario: one-to-one chat at a total rate, and how soon each message is searchable.
 
 The chat runs as in the chat scenario (same pairs, numbered bodies, exactly-once check, XEP-0198
-ack times). Every message id carries this run's tag (``<tag>m<sender>-<seq>``, the record's
+ack times). Every message id carries this run's tag (``<tag>m<sender>-<seq>``, which the contract makes the record's
 ``origin_id``). Receivers note the stanza-id (XEP-0359, the OpenSearch document id) of every
 message whose seq is a multiple of ``sample_every`` (chosen for about ``samples`` of them); while
 the chat runs, the parent asks OpenSearch every ``poll`` seconds which of the pending ids are
@@ -9,9 +9,14 @@ visible (``_search`` with an ids query on the message alias: searchable, not jus
 sample's indexing lag is the first poll that finds it minus its send time (polling adds up to
 ``poll`` seconds).
 
+Each sample's lag is also taken from the server's own timestamp of the message (the ULID's
+milliseconds, set when it was archived) to the wall-clock time of the finding poll: that part
+is the indexer's alone, whatever the chat path's own latency.
+
 After the run: every message the server acknowledged must be in OpenSearch exactly once. The
-documents of this run (origin_id prefix, the bench users as participants, timestamps since the
-start) are listed by origin_id with a composite aggregation and compared with what was sent.
+documents of this run (the bench users as participants, timestamps since the start) are read
+back (their bodies, ``<sender> <seq> <send time>``, say which message each one is) and compared
+with what was sent: acknowledged but not indexed, indexed twice, indexed but never acknowledged.
 """
 
 from __future__ import annotations
@@ -25,7 +30,16 @@ from .figures import percentiles
 from .pool import WorkerPool
 from .scenarios import Target, chat
 
-_ORIGIN = re.compile(r"m(\d+)-(\d+)$")
+_BODY = re.compile(r"^(\d+) (\d+) (\d+)$")
+_CROCKFORD = {c: i for i, c in enumerate("0123456789ABCDEFGHJKMNPQRSTVWXYZ")}
+
+
+def ulid_seconds(message_id: str) -> float:
+    """The wall-clock time (s) a ULID's first 10 characters carry."""
+    ms = 0
+    for char in message_id[:10]:
+        ms = ms * 32 + _CROCKFORD[char]
+    return ms / 1000
 
 
 def search_client(urls: list[str]):
@@ -44,6 +58,7 @@ class IndexingLag:
         self.poll, self.index_wait = poll, index_wait
         self.pending: dict[str, int] = {}  # stanza-id -> send time (monotonic ns)
         self.lags_s: list[float] = []
+        self.server_lags_s: list[float] = []  # from the message's server timestamp (ULID) to visible
         self.sampled = 0
         self.search_errors: dict[str, int] = {}
         self.polls = 0
@@ -75,14 +90,17 @@ class IndexingLag:
         acked = {(s, q) for s, (first, last) in sent_ranges.items() for q in range(first, last + 1)}
         acked -= {(s, q) for s, seqs in unacked.items() for q in seqs}
         counted = self._count_until(len(acked), deadline)
-        found = self._origin_counts()
+        found = self._run_documents()
         duplicates = sum(n - 1 for n in found.values() if n > 1)
         missing = acked - set(found)
         lag = percentiles(self.lags_s, (50, 95, 99, 100))
+        server_lag = percentiles(self.server_lags_s, (50, 99, 100))
         figures = result["figures"]
         figures.update({
             "samples": self.sampled, "samples_visible": len(self.lags_s), "samples_never_visible": len(self.pending),
             "index_lag_p50_s": lag[50], "index_lag_p95_s": lag[95], "index_lag_p99_s": lag[99], "index_lag_max_s": lag[100],
+            "server_to_index_p50_s": server_lag[50], "server_to_index_p99_s": server_lag[99],
+            "server_to_index_max_s": server_lag[100],
             "index_poll_s": self.poll, "index_poll_p50_ms": percentiles(self.poll_ms, (50,))[50],
             "acked": len(acked), "indexed_docs": sum(found.values()), "indexed_unique": len(found),
             "indexed_duplicates": duplicates, "acked_not_indexed": len(missing),
@@ -111,7 +129,7 @@ class IndexingLag:
                     self.sampled += 1
         if not self.pending:
             return
-        asked_ns = time.monotonic_ns()
+        asked_ns, asked_wall = time.monotonic_ns(), time.time()
         try:
             response = self.client.search(
                 index=self.alias,
@@ -128,10 +146,10 @@ class IndexingLag:
             sent_ns = self.pending.pop(hit["_id"], None)
             if sent_ns is not None:
                 self.lags_s.append((asked_ns - sent_ns) / 1e9)
+                self.server_lags_s.append(asked_wall - ulid_seconds(hit["_id"]))
 
     def _query(self) -> dict:
         return {"bool": {"filter": [
-            {"prefix": {"origin_id": self.tag}},
             {"terms": {"participants": self.participants}},
             {"range": {"timestamp": {"gte": self.wall_start.strftime("%Y-%m-%dT%H:%M:%S.000Z")}}},
         ]}}
@@ -150,25 +168,23 @@ class IndexingLag:
                 return n
             time.sleep(0.5)
 
-    def _origin_counts(self) -> dict:
-        """(sender, seq) -> documents with that origin_id, over this run's documents."""
+    def _run_documents(self) -> dict:
+        """(sender, seq) -> documents of this run with that message, read back page by page (by id)."""
         found: dict = {}
         after = None
         while True:
-            composite = {"size": 10000, "sources": [{"origin": {"terms": {"field": "origin_id"}}}]}
+            body = {"size": 5000, "_source": ["body"], "query": self._query(), "sort": [{"id": "asc"}]}
             if after:
-                composite["after"] = after
-            response = self.client.search(index=self.alias, body={
-                "size": 0, "query": self._query(), "aggs": {"by_origin": {"composite": composite}}})
-            agg = response["aggregations"]["by_origin"]
-            for bucket in agg["buckets"]:
-                match = _ORIGIN.search(bucket["key"]["origin"])
+                body["search_after"] = after
+            hits = self.client.search(index=self.alias, body=body, request_timeout=60)["hits"]["hits"]
+            for hit in hits:
+                match = _BODY.match((hit.get("_source") or {}).get("body") or "")
                 if match:
                     key = (int(match.group(1)), int(match.group(2)))
-                    found[key] = found.get(key, 0) + bucket["doc_count"]
-            after = agg.get("after_key")
-            if not agg["buckets"] or not after:
+                    found[key] = found.get(key, 0) + 1
+            if len(hits) < 5000:
                 return found
+            after = hits[-1]["sort"]
 
 
 def ingest(pool: WorkerPool, target: Target, pairs: int, rate: float, duration: float, drain: float = 10.0,
