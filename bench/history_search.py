@@ -5,6 +5,7 @@
     $PY bench/history_search.py join --count 300        # room history on join (75 messages + subject)
     $PY bench/history_search.py mam --count 300         # MAM last 50 of a room / a conversation (+ an older page)
     $PY bench/history_search.py search --count 600      # GET /v2/search: a query mix, facets, permissions
+    $PY bench/history_search.py breakdown --count 100   # the server's search bodies straight to OpenSearch, and variants
     $PY bench/history_search.py size                    # index bytes per message (primaries, with replicas)
     $PY bench/history_search.py all                     # the four, one table
 
@@ -24,6 +25,11 @@ are not counted:
   ``from:``, prefix wildcards; facets as the endpoint returns them; each request carries
   the permission filter of its user (public rooms, the private rooms they belong to, their own
   conversations). p50/p95/p99 per kind and overall, and the hit counts.
+- ``breakdown``: the same query mix, each query's body built by the installed appliance's own
+  code (rewriter, the user's readable rooms, visibility filter, facets, highlights, newest
+  first) and sent straight to OpenSearch, then again without facets, without highlights,
+  without the exact total, with only the query and the permission filter, with only the
+  query: OpenSearch's ``took`` of each, so the HTTP figure splits into OpenSearch and the rest.
 - ``size``: ``_cat/indices/<prefix>-<year>.*?bytes=b``: docs, store size of the primaries and
   with replicas, bytes per message.
 
@@ -385,6 +391,54 @@ def run_search(ctx: Context, count: int, warmup: int) -> dict:
     return out
 
 
+def run_breakdown(ctx: Context, count: int, warmup: int) -> dict:
+    """Where a search's time goes: the server's own search body, sent straight to OpenSearch, then variants.
+
+    Builds each query's body with the installed appliance's code (`hipchat_server.search`:
+    the query rewriter, the user's readable rooms, the visibility filter, facets, highlights,
+    newest first) and reports OpenSearch's ``took`` for it and for the same body without each
+    costly part, so the HTTP figure can be split into OpenSearch and the web process.
+    """
+    from hipchat_server.search import QueryRewriter
+    from hipchat_server.storage.message_search import SearchRequest, search_body, visibility_filter
+    from hipchat_server.storage.room_access import RoomAccessStore
+
+    args = ctx.args
+    service = f"{ctx.config.rooms.service}.{ctx.domain}"
+    readable = RoomAccessStore(ctx.server.get_database_engine(), service).readable_rooms(args.user)
+    masked = [room for room, access in readable.items() if not access.real_jids]
+    reader = f"{args.user}@{ctx.domain}"
+    variants = {
+        "server body": lambda b: b,
+        "no facets": lambda b: {k: v for k, v in b.items() if k != "aggs"},
+        "no highlight": lambda b: {k: v for k, v in b.items() if k != "highlight"},
+        "no exact total": lambda b: {**b, "track_total_hits": 1000},
+        "query + permission only": lambda b: {"size": b["size"], "query": b["query"], "sort": b["sort"],
+                                              "_source": b["_source"]},
+        "query only (no permission)": lambda b: {"size": b["size"], "query": b["query"]["bool"]["must"][0],
+                                                 "sort": b["sort"], "_source": b["_source"]},
+    }
+    took: dict[str, list[float]] = {name: [] for name in variants}
+    round_trip: list[float] = []
+    for i, (_kind, q) in enumerate(query_mix(warmup + count, args.seed, ctx.plan)):
+        request = SearchRequest(query=QueryRewriter(ctx.domain, service, masked).clause(q),
+                                visibility=visibility_filter(reader, readable), masked_rooms=tuple(masked))
+        body = search_body(request)
+        for name, change in variants.items():
+            started = time.perf_counter_ns()
+            response = ctx.opensearch.search(index=ctx.prefix, body=change(body), request_timeout=30)
+            if i >= warmup:
+                took[name].append(float(response["took"]))
+                if name == "server body":
+                    round_trip.append(_ms(time.perf_counter_ns() - started))
+    out = {name: summary(values) for name, values in took.items()}
+    out["server body, client round trip"] = summary(round_trip)
+    out["readable_rooms"] = len(readable)
+    shards = ctx.opensearch.search(index=ctx.prefix, body={"size": 0, "query": {"match_none": {}}})["_shards"]["total"]
+    out["shards_per_search"] = shards
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 
 def run_size(ctx: Context) -> dict:
@@ -415,6 +469,12 @@ def rows_of(result: dict) -> list[tuple[str, str, str]]:
                 target = "p50 < 10, p99 < 30" if name.endswith("_last") else ""
                 rows.append((f"{label} p50 / p95 / p99 (ms) [results]",
                              f"{fmt(m['p50'])} / {fmt(m['p95'])} / {fmt(m['p99'])} [{m['results_min']}-{m['results_max']}]", target))
+    breakdown = result.get("breakdown")
+    if breakdown:
+        rows.append((f"OpenSearch took, {breakdown['readable_rooms']} readable rooms, {breakdown['shards_per_search']} shards:", "p50 / p95 (ms)", ""))
+        for name, value in breakdown.items():
+            if isinstance(value, dict) and value.get("n"):
+                rows.append((f"  {name}", f"{fmt(value['p50'])} / {fmt(value['p95'])}", ""))
     search = result.get("search")
     if search:
         a = search["all"]
@@ -454,7 +514,7 @@ def print_rows(rows) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("scenario", choices=["join", "mam", "search", "size", "all"])
+    parser.add_argument("scenario", choices=["join", "mam", "search", "breakdown", "size", "all"])
     parser.add_argument("--count", type=int, default=300, help="measured requests per case")
     parser.add_argument("--warmup", type=int, default=20, help="requests before measuring")
     parser.add_argument("--user", default=f"{corpus.USER_PREFIX}1", help="corpus user (bench-corpus-1 is in many private rooms)")
@@ -485,6 +545,8 @@ def main(argv=None) -> int:
         result["mam"] = asyncio.run(run_mam(ctx, args.count, args.warmup, args.max))
     if "search" in wanted:
         result["search"] = run_search(ctx, args.count, args.warmup)
+    if "breakdown" in wanted:
+        result["breakdown"] = run_breakdown(ctx, args.count, args.warmup)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
