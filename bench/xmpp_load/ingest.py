@@ -114,6 +114,9 @@ class IndexingLag:
             notes.append(f"FIGURES VOID: server processes restarted during the run: {', '.join(restarted)}")
         if self.search_errors:
             notes.append(f"OpenSearch polls that failed, by error: {self.search_errors}")
+        if figures.get("lost") and figures.get("unacked"):
+            notes.append(f"{figures['lost']} messages had not arrived when the drain ended and {figures['unacked']} were "
+                         "never acknowledged: the server is behind; a longer --drain tells late from lost")
         if missing:
             notes.append(f"acknowledged but not in OpenSearch after {self.index_wait:.0f} s, e.g. {sorted(missing)[:5]}")
         result["scenario"] = "ingest"
