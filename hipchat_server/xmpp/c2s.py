@@ -230,6 +230,11 @@ class ClientConnection(XmppStreamProtocol):
     # Twisted.
     def connectionMade(self) -> None:
         self.peer_host = getattr(self.transport.getPeer(), "host", "unknown")
+        # A room join or a MAM page is several small writes; with Nagle's algorithm each waits for the
+        # client's delayed ACK (40 ms). Twisted already gathers one reactor turn's writes into one send.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         self._timeout_call = self.clock.callLater(self.factory.negotiation_timeout, self._negotiation_timed_out)
 
     def connectionLost(self, reason) -> None:
