@@ -26,18 +26,6 @@ ORIGIN_KEY = "archive:origin:{sender}:{origin_id}"
 # at their next login); an hour covers that and costs ~100 bytes per message for an hour, not a day.
 ORIGIN_SECONDS = 3600
 
-# Pushes a record onto its lists (every key but the last when an origin-id is remembered, ARGV[3] = 1),
-# trims each to ARGV[2], and remembers the record's id under the origin key for ARGV[5] seconds.
-_PUSH = """
-local lists = #KEYS - tonumber(ARGV[3])
-for i = 1, lists do
-  redis.call('LPUSH', KEYS[i], ARGV[1])
-  redis.call('LTRIM', KEYS[i], 0, tonumber(ARGV[2]) - 1)
-end
-if lists < #KEYS then redis.call('SET', KEYS[#KEYS], ARGV[4], 'EX', tonumber(ARGV[5])) end
-return lists
-"""
-
 # Fills a list only while it does not exist, so a refill never lands on top of newer pushes.
 _RESTORE_IF_EMPTY = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -66,17 +54,13 @@ class RecentMessages:
         self._restore = None
 
     def push_commands(self, pipe, record: dict) -> None:
-        """Queue the pushes of ``record`` on a pipeline (the archive's ordered writer runs it).
-
-        One EVAL instead of an LPUSH and an LTRIM per list and a SET: on a busy
-        front end, packing Redis commands in Python costs more than Redis
-        takes to run them.
-        """
-        keys = keys_of(record)
-        origin = record.get("origin_id")
-        if origin:
-            keys.append(ORIGIN_KEY.format(sender=record["sender"], origin_id=origin))
-        pipe.eval(_PUSH, len(keys), *keys, record_json(record), self.size, 1 if origin else 0, record["id"], ORIGIN_SECONDS)
+        """Queue the pushes of ``record`` on a pipeline (the archive's ordered writer runs it)."""
+        data = record_json(record)
+        for key in keys_of(record):
+            pipe.lpush(key, data)
+            pipe.ltrim(key, 0, self.size - 1)
+        if record.get("origin_id"):
+            pipe.set(ORIGIN_KEY.format(sender=record["sender"], origin_id=record["origin_id"]), record["id"], ex=ORIGIN_SECONDS)
 
     @staticmethod
     def first_copy_commands(pipe, record: dict) -> None:

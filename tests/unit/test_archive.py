@@ -48,16 +48,6 @@ class RecordingPipe:
         self.commands.append(("ltrim", key, start, stop))
         self.results.append(True)
 
-    def eval(self, script, numkeys, *args):
-        """What storage.recent's push script does, over the fake's dict and command log."""
-        keys, (_, _, with_origin, record_id, _) = args[:numkeys], args[numkeys:]
-        lists = numkeys - with_origin
-        for key in keys[:lists]:
-            self.commands.append(("lpush", key))
-        if with_origin:
-            self.values[keys[-1]] = record_id
-        self.results.append(lists)
-
     def set(self, key, value, ex=None):
         self.values[key] = value
         self.results.append(True)
