@@ -19,6 +19,7 @@ import json
 import os
 import random
 import time
+from collections import OrderedDict
 from datetime import datetime, timezone
 
 from twisted.internet import defer
@@ -33,6 +34,8 @@ from hipchat_server.xmpp.xml_parser import CLIENT_NS
 SID_NS = "urn:xmpp:sid:0"
 # Free space is checked at most this often (seconds): statvfs on every message would cost more than the fsync.
 DISK_CHECK_INTERVAL = 1.0
+# Origin-ids of the newest messages stored by this process, kept in memory as well as in Redis.
+LOCAL_ORIGINS = 20_000
 ARCHIVED_TYPES = frozenset({"groupchat", "chat", "normal"})
 
 
@@ -117,6 +120,7 @@ class MessageArchive:
         self._disk_full = False
         self.stored = 0  # records made durable since start (for the activity report)
         self.duplicates = 0  # resends recognised by their origin-id and not stored again
+        self._origins: OrderedDict[tuple[str, str], str] = OrderedDict()  # newest origin-ids stored here
 
     def new_record(
         self,
@@ -179,6 +183,9 @@ class MessageArchive:
             )
         if not record.get("origin_id"):
             return self._append(record)
+        first_id = self._origins.get((record["sender"], record["origin_id"]))
+        if first_id is not None:  # resent to this front end: known here even if Redis lost it
+            return defer.succeed(self._duplicate(record, first_id))
         d = self.redis_writer.submit(lambda pipe: self.recent.first_copy_commands(pipe, record))
         d.addCallbacks(self._append_unless_resent, self._first_copy_unknown, callbackArgs=(record,), errbackArgs=(record,))
         return d
@@ -188,10 +195,13 @@ class MessageArchive:
         if first_copy is not None:
             # A client resending what it sent before a lost connection (XEP-0198 without resumption):
             # the first copy is durable already; this one must not appear twice in history.
-            self.duplicates += 1
             first_id = first_copy.decode() if isinstance(first_copy, bytes) else first_copy
-            return defer.succeed(dict(record, id=first_id, duplicate=True))
+            return defer.succeed(self._duplicate(record, first_id))
         return self._append(record)
+
+    def _duplicate(self, record: dict, first_id: str) -> dict:
+        self.duplicates += 1
+        return dict(record, id=first_id, duplicate=True)
 
     def _first_copy_unknown(self, failure: Failure, record: dict) -> defer.Deferred:
         self.log.warn("could not check {id} for a resend ({error}); storing it", id=record["id"], error=failure.getErrorMessage())
@@ -204,6 +214,12 @@ class MessageArchive:
 
     def _spooled(self, _, record: dict) -> defer.Deferred:
         self.stored += 1
+        if record.get("origin_id"):
+            # Also remembered here: should Redis fail to take the origin key (failing over), a resend
+            # to this front end is still recognised.
+            self._origins[(record["sender"], record["origin_id"])] = record["id"]
+            if len(self._origins) > LOCAL_ORIGINS:
+                self._origins.popitem(last=False)
         pushed = self.redis_writer.submit(lambda pipe: self.recent.push_commands(pipe, record))
         pushed.addErrback(self._recent_push_failed, record)
         return pushed.addCallback(lambda _: record)

@@ -235,3 +235,17 @@ def test_the_id_attribute_alone_never_marks_a_resend():
         archive.store(record)
         spool.commit()
     assert len(spool.committed) == 2
+
+
+def test_a_resend_is_recognised_even_when_redis_lost_the_origin_key():
+    """Redis failed over between the first copy and the resend (the key is gone): this front end still knows it."""
+    archive, spool, writer = make_archive()
+    origin = "<origin-id xmlns='urn:xmpp:sid:0' id='o-7'/>"
+    first = archive.new_record(chat_message(extra=origin), type="chat", sender="alice@d", body="hello", recipient="bob@d")
+    archive.store(first)
+    spool.commit()
+    writer.pipe.values.clear()  # the new primary never got the key
+    stored = []
+    again = archive.new_record(chat_message(extra=origin), type="chat", sender="alice@d", body="hello", recipient="bob@d")
+    archive.store(again).addCallback(stored.append)
+    assert stored[0]["duplicate"] and stored[0]["id"] == first["id"] and spool.pending == []
