@@ -208,11 +208,15 @@ class MessageArchive:
         return self._append(record)
 
     def _append(self, record: dict) -> defer.Deferred:
-        d = self.spool.append(record)
-        d.addCallback(self._spooled, record)
+        try:
+            data = record_json(record)  # made once: the spool frame and the recent lists hold the same JSON
+        except (TypeError, ValueError) as e:
+            return defer.fail(SpoolError(f"the message cannot be archived: {e}"))
+        d = self.spool.append(record, data)
+        d.addCallback(self._spooled, record, data)
         return d
 
-    def _spooled(self, _, record: dict) -> defer.Deferred:
+    def _spooled(self, _, record: dict, data: str) -> defer.Deferred:
         self.stored += 1
         if record.get("origin_id"):
             # Also remembered here: should Redis fail to take the origin key (failing over), a resend
@@ -220,7 +224,7 @@ class MessageArchive:
             self._origins[(record["sender"], record["origin_id"])] = record["id"]
             if len(self._origins) > LOCAL_ORIGINS:
                 self._origins.popitem(last=False)
-        pushed = self.redis_writer.submit(lambda pipe: self.recent.push_commands(pipe, record))
+        pushed = self.redis_writer.submit(lambda pipe: self.recent.push_commands(pipe, record, data))
         pushed.addErrback(self._recent_push_failed, record)
         return pushed.addCallback(lambda _: record)
 

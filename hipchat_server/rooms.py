@@ -125,6 +125,27 @@ class RoomService:
         """Redis calls, in the router's Redis pool."""
         return self.router.run_blocking(f, *args)
 
+    def read_occupants(self, room: str) -> defer.Deferred:
+        """`OccupantStore.occupants`, read through the process's ordered Redis writer when it has one.
+
+        That writer pipelines whatever queued up while its last round trip ran,
+        and runs commands in the order asked: a read queued after a message's
+        push onto the room's recent list sees Redis after that push.
+        """
+        writer = self.router.publisher
+        if writer is None:
+            return self.run_blocking(self.occupants.occupants, room)
+        d = writer.submit(lambda pipe: self.occupants.occupants_command(pipe, room))
+        return d.addCallback(lambda replies: self.occupants.occupants_from(replies[0]))
+
+    def read_occupant(self, room: str, full: str) -> defer.Deferred:
+        """`OccupantStore.occupant`, read like `read_occupants`."""
+        writer = self.router.publisher
+        if writer is None:
+            return self.run_blocking(self.occupants.occupant, room, full)
+        d = writer.submit(lambda pipe: self.occupants.occupant_command(pipe, room, full))
+        return d.addCallback(lambda replies: self.occupants.occupant_from(full, replies[0]))
+
     def run_database(self, f, *args) -> defer.Deferred:
         """MariaDB (and OpenSearch) calls, in the router's database pool."""
         return self.router.run_database(f, *args)
@@ -379,7 +400,7 @@ class RoomService:
 
     @defer.inlineCallbacks
     def _groupchat(self, connection, message: domish.Element, room: str):
-        sender = yield self.run_blocking(self.occupants.occupant, room, connection.jid.full())
+        sender = yield self.read_occupant(room, connection.jid.full())
         if sender is None:
             return self.refuse(connection, message, "not-acceptable", "join the room before sending to it")
         if sender.role not in ("moderator", "participant"):
@@ -405,7 +426,7 @@ class RoomService:
             xml = muc.serialise(stanza)
         try:
             # Read after the store: whoever joins from now on finds the message in the recent list.
-            occupants = yield self.run_blocking(self.occupants.occupants, room)
+            occupants = yield self.read_occupants(room)
         except Exception as e:
             if message_id is None:
                 raise
@@ -417,7 +438,7 @@ class RoomService:
 
     @defer.inlineCallbacks
     def _private(self, connection, message: domish.Element, nick: str, room: str):
-        occupants = yield self.run_blocking(self.occupants.occupants, room)
+        occupants = yield self.read_occupants(room)
         sender = occupants.get(connection.jid.full())
         if sender is None:
             return self.refuse(connection, message, "not-acceptable", "join the room before sending to its occupants")

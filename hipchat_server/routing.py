@@ -344,7 +344,7 @@ class ClusterRouter(EchoLessRouter):
             bare, sender_bare = str(target.bare()), str(connection.jid.bare())
             # Where the recipient is first: should Redis fail, nothing is archived yet and the sender's
             # error is true. Once archived, the message is durable whatever happens to its delivery.
-            recipient, sender = yield self.run_blocking(self.directory.lookup_many, [bare, sender_bare])
+            recipient, sender = yield self._lookup_many([bare, sender_bare])
             kind = message.getAttribute("type", "normal")
             if self.archive is not None and kind in ARCHIVED_ONE_TO_ONE and is_archived(message):
                 record = self.archive.new_record(
@@ -373,6 +373,13 @@ class ClusterRouter(EchoLessRouter):
             return
         settled.addCallback(self._answer_failed_delivery, connection, message)
         settled.chainDeferred(durable)
+
+    def _lookup_many(self, bares: list[str]) -> defer.Deferred:
+        """`SessionDirectory.lookup_many` through the ordered Redis writer (one pipeline for many messages' reads)."""
+        if self.publisher is None:
+            return self.run_blocking(self.directory.lookup_many, bares)
+        d = self.publisher.submit(lambda pipe: self.directory.lookup_commands(pipe, bares))
+        return d.addCallback(self.directory.lookups_from)
 
     def _answer_failed_delivery(self, outcome: str | None, connection, message: domish.Element) -> None:
         """Tell the sender when a message ended neither delivered nor stored (``outcome`` is the error)."""
@@ -604,6 +611,7 @@ class DeliveryListener:
 
     log = Logger()
     RETRY_SECONDS = 0.5
+    MAX_BATCH = 500
 
     def __init__(self, redis_primary_factory, channel: str, deliver):
         self.redis_primary_factory = redis_primary_factory
@@ -616,6 +624,13 @@ class DeliveryListener:
         threading.Thread(target=self._run, name="xmpp-delivery-listener", daemon=True).start()
         reactor.addSystemEventTrigger("before", "shutdown", self._stopping.set)
 
+    def _deliver_all(self, payloads: list) -> None:
+        for payload in payloads:
+            try:
+                self.deliver(payload)
+            except Exception:
+                self.log.failure("acting on a published item failed")
+
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -624,8 +639,17 @@ class DeliveryListener:
                 self.subscribed.set()
                 while not self._stopping.is_set():
                     item = pubsub.get_message(timeout=1.0)
-                    if item is not None and item["type"] == "message":
-                        reactor.callFromThread(self.deliver, item["data"])
+                    # Everything that arrived already goes over in one hop: waking the reactor per item
+                    # cost more than delivering it under load.
+                    batch = []
+                    while item is not None:
+                        if item["type"] == "message":
+                            batch.append(item["data"])
+                        if len(batch) >= self.MAX_BATCH:
+                            break
+                        item = pubsub.get_message(timeout=0.0)
+                    if batch:
+                        reactor.callFromThread(self._deliver_all, batch)
             except Exception as e:  # Redis restarting or failing over: subscribe again to the new primary
                 self.subscribed.clear()
                 self.log.warn("delivery channel lost ({error}); subscribing again", error=e)

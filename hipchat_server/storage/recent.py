@@ -53,9 +53,9 @@ class RecentMessages:
         self.size = size
         self._restore = None
 
-    def push_commands(self, pipe, record: dict) -> None:
-        """Queue the pushes of ``record`` on a pipeline (the archive's ordered writer runs it)."""
-        data = record_json(record)
+    def push_commands(self, pipe, record: dict, data: str | None = None) -> None:
+        """Queue the pushes of ``record`` (``data``: its JSON, if made already) on a pipeline (the archive's ordered writer runs it)."""
+        data = data if data is not None else record_json(record)
         for key in keys_of(record):
             pipe.lpush(key, data)
             pipe.ltrim(key, 0, self.size - 1)

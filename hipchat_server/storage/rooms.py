@@ -20,6 +20,7 @@ Every method blocks: call it off the reactor thread.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
@@ -352,6 +353,12 @@ class Occupant:
         return cls(full, item["nick"], item["role"], item["affiliation"], item["frontend"], item.get("presence", ""))
 
 
+@functools.lru_cache(maxsize=20_000)
+def _parsed_occupant(full, value) -> Occupant:
+    """An occupant entry as Redis holds it, parsed; remembered, as every message to a room reads them all again."""
+    return Occupant.from_json(_text(full), value)
+
+
 @dataclass(frozen=True)
 class Departure:
     """An occupant session that left a room; ``nick_freed`` when it was the last session using its nickname."""
@@ -441,11 +448,28 @@ class OccupantStore:
 
     def occupants(self, room: str) -> dict[str, Occupant]:
         """Every occupant session of ``room`` by full JID."""
-        raw = self.redis.hgetall(OCCUPANTS_KEY.format(room=room))
-        return {_text(full): Occupant.from_json(_text(full), value) for full, value in raw.items()}
+        return self.occupants_from(self.redis.hgetall(OCCUPANTS_KEY.format(room=room)))
+
+    @staticmethod
+    def occupants_command(pipe, room: str) -> None:
+        """Queue the read of `occupants` on a pipeline (the process's ordered Redis writer batches it)."""
+        pipe.hgetall(OCCUPANTS_KEY.format(room=room))
+
+    @staticmethod
+    def occupants_from(raw: dict) -> dict[str, Occupant]:
+        entries = (_parsed_occupant(full, value) for full, value in raw.items())
+        return {occupant.full: occupant for occupant in entries}
 
     def occupant(self, room: str, full: str) -> Occupant | None:
-        raw = self.redis.hget(OCCUPANTS_KEY.format(room=room), full)
+        return self.occupant_from(full, self.redis.hget(OCCUPANTS_KEY.format(room=room), full))
+
+    @staticmethod
+    def occupant_command(pipe, room: str, full: str) -> None:
+        """Queue the read of `occupant` on a pipeline."""
+        pipe.hget(OCCUPANTS_KEY.format(room=room), full)
+
+    @staticmethod
+    def occupant_from(full: str, raw) -> Occupant | None:
         return Occupant.from_json(full, raw) if raw is not None else None
 
     def count(self, room: str) -> int:

@@ -96,11 +96,20 @@ class SessionDirectory:
     def lookup_many(self, bares: list[str]) -> list[UserSessions]:
         """`lookup` for several users in one round trip (a message needs its recipient and its sender)."""
         pipe = self.redis.pipeline(transaction=False)
+        self.lookup_commands(pipe, bares)
+        return self.lookups_from(pipe.execute())
+
+    @staticmethod
+    def lookup_commands(pipe, bares: list[str]) -> None:
+        """Queue the reads of `lookup_many` on a pipeline (the process's ordered Redis writer batches them)."""
         for bare in bares:
             pipe.hgetall(SESSIONS_KEY.format(bare=bare))
             pipe.smembers(CARBONS_KEY.format(bare=bare))
             pipe.hgetall(PRESENCE_KEY.format(bare=bare))
-        replies = pipe.execute()
+
+    @staticmethod
+    def lookups_from(replies: list) -> list[UserSessions]:
+        """The `UserSessions` of each user `lookup_commands` asked for, from the pipeline's replies."""
         return [_user_sessions(*replies[i : i + 3]) for i in range(0, len(replies), 3)]
 
     def set_carbons(self, bare: str, resource: str, enabled: bool) -> None:

@@ -51,8 +51,11 @@ def _segment_name(number: int) -> str:
     return f"{number:012d}{SEGMENT_SUFFIX}"
 
 
-def encode_frame(record: dict) -> bytes:
-    payload = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+def encode_frame(record: dict, encoded: str | None = None) -> bytes:
+    """The frame of ``record``; ``encoded`` is its compact JSON when the caller made it already."""
+    if encoded is None:
+        encoded = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    payload = encoded.encode("utf-8")
     if len(payload) > MAX_RECORD_BYTES:
         raise SpoolError(f"a record of {len(payload)} bytes is over the {MAX_RECORD_BYTES}-byte limit")
     return FRAME_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
@@ -128,11 +131,14 @@ class Spool:
             self._segment = None  # closed: every segment may now be read and removed
 
     # Appending.
-    def append(self, record: dict) -> defer.Deferred:
-        """Fires (on the reactor thread) once ``record`` is on disk and fsynced; fails with SpoolError if not."""
+    def append(self, record: dict, encoded: str | None = None) -> defer.Deferred:
+        """Fires (on the reactor thread) once ``record`` is on disk and fsynced; fails with SpoolError if not.
+
+        ``encoded`` is the record's compact JSON when the caller has it already.
+        """
         d = defer.Deferred()
         try:
-            frame = encode_frame(record)
+            frame = encode_frame(record, encoded)
         except (SpoolError, TypeError, ValueError) as e:
             d.errback(Failure(SpoolError(str(e))))
             return d

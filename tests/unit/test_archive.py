@@ -20,7 +20,7 @@ class FakeSpool:
         self.pending: list[tuple[dict, defer.Deferred]] = []
         self.committed: list[dict] = []
 
-    def append(self, record):
+    def append(self, record, encoded=None):
         d = defer.Deferred()
         self.pending.append((record, d))
         return d
@@ -72,8 +72,8 @@ class FakeWriter:
 
 
 class FakeRecent:
-    def push_commands(self, pipe, record):
-        RecentMessages.push_commands(self, pipe, record)
+    def push_commands(self, pipe, record, data=None):
+        RecentMessages.push_commands(self, pipe, record, data)
 
     first_copy_commands = staticmethod(RecentMessages.first_copy_commands)
     size = 75
