@@ -407,7 +407,8 @@ class ClusterRouter(EchoLessRouter):
             return "service-unavailable", None  # no room behind a user's JID (RFC 6121 8.5.3.2.1)
         else:
             recipients = user.available()
-        recipients = [r for r in recipients if _full(bare, r) != sender]  # never echo to the sender's stream
+        own = sender.resourcepart if sender is not None and sender.bare() == bare else None
+        recipients = [r for r in recipients if r != own]  # never echo to the sender's stream
         if not recipients:
             if kind not in STORED_MESSAGE_TYPES:
                 return None, None  # headline and error messages are not kept
