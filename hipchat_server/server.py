@@ -22,6 +22,7 @@ class ChatServer:
         self._spool = None
         self._recent_messages = None
         self._message_archive = None
+        self._room_poster = None
 
     def get_config(self) -> Config:
         return self.config
@@ -95,6 +96,14 @@ class ChatServer:
                 min_free_bytes=self.config.archive.spool_min_free_mb * 1024 * 1024,
             )
         return self._message_archive
+
+    def get_room_poster(self):
+        """Posts API messages and notifications into rooms from this process (`room_posting.RoomPoster`)."""
+        if self._room_poster is None:
+            from hipchat_server.room_posting import room_poster
+
+            self._room_poster = room_poster(self)
+        return self._room_poster
 
 
 def process_name() -> str:

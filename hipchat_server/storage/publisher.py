@@ -38,8 +38,13 @@ class OrderedPublisher:
         self.reactor = reactor
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = False
+        self._started = False
 
     def start(self) -> None:
+        """Start the writer thread; calling it again does nothing (a front end and a RoomPoster may share a process)."""
+        if self._started:
+            return
+        self._started = True
         threading.Thread(target=self._run, name="redis-publisher", daemon=True).start()
         self.reactor.addSystemEventTrigger("after", "shutdown", self._stop)
 
