@@ -138,6 +138,14 @@ class RoomService:
         d = writer.submit(lambda pipe: self.occupants.occupants_command(pipe, room))
         return d.addCallback(lambda replies: self.occupants.occupants_from(replies[0]))
 
+    def read_recent(self, room: str) -> defer.Deferred:
+        """The room's recent list (up to the history on join), read like `read_occupants`."""
+        writer = self.router.publisher
+        if writer is None:
+            return self.run_blocking(self.recent.room, room, self.history_on_join)
+        d = writer.submit(lambda pipe: self.recent.room_command(pipe, room, self.history_on_join))
+        return d.addCallback(lambda replies: self.recent.records_from(replies[0]))
+
     def read_occupant(self, room: str, full: str) -> defer.Deferred:
         """`OccupantStore.occupant`, read like `read_occupants`."""
         writer = self.router.publisher
@@ -191,7 +199,7 @@ class RoomService:
         if kind not in (None, "unavailable", "error"):
             return  # rooms take no subscriptions or probes
         full = connection.jid.full()
-        current = yield self.run_blocking(self.occupants.occupant, room, full)
+        current = yield self.read_occupant(room, full)
         if kind is not None:
             if current is not None:
                 departures = yield self.run_blocking(self.occupants.leave, room, [full])
@@ -250,7 +258,7 @@ class RoomService:
                 return self.refuse(connection, presence, "conflict", "that nickname is in use in this room")
             if outcome == "full":
                 return self.refuse(connection, presence, "service-unavailable", "the room is full")
-            occupants = yield self.run_blocking(self.occupants.occupants, room)
+            occupants = yield self.read_occupants(room)
             me = occupants.get(full, occupant)
             shows_jids = config.non_anonymous or me.role == "moderator"
             by_nick = {o.nick: o for f, o in sorted(occupants.items(), reverse=True)}  # one presence per nickname
@@ -453,7 +461,7 @@ class RoomService:
         limit = self.history_on_join if request.maxstanzas is None else min(self.history_on_join, request.maxstanzas)
         if self.recent is None or limit <= 0 or request.maxchars == 0:
             return []
-        records = yield self.run_blocking(self.recent.room, room, self.history_on_join)
+        records = yield self.read_recent(room)
         if not records and self.rebuild_history is not None:
             records = yield self._rebuild_history(room)
         return muc.select_history(records, request, limit, self.now())

@@ -76,6 +76,14 @@ class RecentMessages:
         """Up to ``limit`` newest records of a room, newest first."""
         return self._read(ROOM_KEY.format(room=room), limit)
 
+    def room_command(self, pipe, room: str, limit: int) -> None:
+        """Queue the read of `room` on a pipeline; `records_from` parses its reply."""
+        pipe.lrange(ROOM_KEY.format(room=room), 0, max(0, min(limit, self.size)) - 1)
+
+    @staticmethod
+    def records_from(raw: list) -> list[dict]:
+        return [json.loads(item) for item in raw]
+
     def conversation(self, a: str, b: str, limit: int) -> list[dict]:
         """Up to ``limit`` newest records between two bare JIDs, newest first."""
         return self._read(CONVERSATION_KEY.format(conversation="|".join(sorted((a, b)))), limit)
@@ -99,4 +107,4 @@ class RecentMessages:
     def _read(self, key: str, limit: int) -> list[dict]:
         if limit <= 0:
             return []
-        return [json.loads(item) for item in self.redis.lrange(key, 0, min(limit, self.size) - 1)]
+        return self.records_from(self.redis.lrange(key, 0, min(limit, self.size) - 1))
