@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from hipchat_server.storage.message_search import SearchRequest, SearchUnavailable, search_body, visibility_filter
+from hipchat_server.storage.message_search import (
+    SearchRequest,
+    SearchUnavailable,
+    month_buckets,
+    search_body,
+    sender_buckets,
+    visibility_filter,
+)
 
 MAX_QUERY_LENGTH = 500
 MAX_WILDCARDS = 3
@@ -164,11 +171,8 @@ class QueryRewriter:
         }
 
 
-def _buckets(aggregations: dict, name: str, key: str = "key") -> list[tuple[str, int]]:
-    return [
-        (bucket.get(key, bucket.get("key")), bucket["doc_count"])
-        for bucket in aggregations.get(name, {}).get("buckets", [])
-    ]
+def _buckets(buckets: list[dict]) -> list[tuple[str, int]]:
+    return [(bucket["key"], bucket["doc_count"]) for bucket in buckets]
 
 
 class Search:
@@ -217,7 +221,7 @@ class Search:
         return SearchResults(
             total=total["value"] if isinstance(total, dict) else int(total),
             items=items,
-            rooms=_buckets(aggregations, "rooms"),
-            senders=_buckets(aggregations.get("senders", {}), "accounts"),
-            months=_buckets(aggregations, "months", "key_as_string"),
+            rooms=_buckets(aggregations.get("rooms", {}).get("buckets", [])),
+            senders=_buckets(sender_buckets(aggregations)),
+            months=month_buckets(aggregations),
         )

@@ -49,15 +49,21 @@ class RoomAccessStore:
         self.service = service
 
     def _rows(self, connection, username: str, jid_node: str | None = None):
-        """(jid_node, privacy, whois, affiliation) of each room; none at all for a deleted or unknown user."""
-        query = select(users.c.id).where(users.c.username == username, users.c.deleted_at.is_(None))
-        user_id = connection.execute(query).scalar()
-        if user_id is None:
-            return []
+        """(jid_node, privacy, whois, affiliation) of each room; none at all for a deleted or unknown user.
+
+        One statement (the user's id as a subquery): a search reads this on every request.
+        """
+        user_id = (
+            select(users.c.id).where(users.c.username == username, users.c.deleted_at.is_(None)).scalar_subquery()
+        )
         joined = rooms.outerjoin(
             room_members, and_(room_members.c.room_id == rooms.c.id, room_members.c.user_id == user_id)
         )
-        query = select(rooms.c.jid_node, rooms.c.privacy, rooms.c.whois, room_members.c.affiliation).select_from(joined)
+        query = (
+            select(rooms.c.jid_node, rooms.c.privacy, rooms.c.whois, room_members.c.affiliation)
+            .select_from(joined)
+            .where(user_id.is_not(None))
+        )
         if jid_node is not None:
             query = query.where(rooms.c.jid_node == jid_node)
         return connection.execute(query).all()

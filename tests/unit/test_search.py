@@ -23,6 +23,7 @@ from hipchat_server.search import (
     SearchQuery,
 )
 from hipchat_server.storage.api_tokens import TokenOwner
+from hipchat_server.storage.message_search import MAX_MONTH_BUCKETS, month_buckets
 from hipchat_server.storage.room_access import RoomAccess
 from hipchat_server.users import ScramCredentials, make_scram_credentials
 from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
@@ -52,9 +53,17 @@ class FakeReadableRooms:
         return {room: RoomAccess(True, True) for room in self.readable.get(username, set())}
 
 
+class MonthlyFakeOpenSearch(FakeOpenSearch):
+    """The fake, where each document also has its index's name as ``_index`` (the months facet counts by index)."""
+
+    def _aggregations(self, aggs, docs):
+        where = {doc_id: index for index, found in self.indices_docs.items() for doc_id in found}
+        return super()._aggregations(aggs, [dict(d, _index=where[d["id"]]) for d in docs])
+
+
 @pytest.fixture
 def client():
-    return FakeOpenSearch()
+    return MonthlyFakeOpenSearch()
 
 
 @pytest.fixture
@@ -182,8 +191,50 @@ def test_the_visibility_filter_is_inside_every_search_query(search, corpus, clie
     assert {"terms": {"room": [ENG]}} in visibility["should"] and visibility["minimum_should_match"] == 1
     assert "post_filter" not in body
     assert set(body["aggs"]) == {"rooms", "senders", "months"}
-    assert body["aggs"]["months"]["date_histogram"]["calendar_interval"] == "month"
     assert body["sort"][0] == "_score"
+
+
+def test_highlights_come_from_the_users_query_alone(search, corpus, client):
+    """The highlighter gets the query as asked, not the visibility filter's room terms (it would match them all)."""
+    fill(corpus)
+    result(search.search(BOB, SearchQuery("deploy")))
+    [body] = client.bodies()
+    assert body["highlight"]["highlight_query"] == body["query"]["bool"]["must"][0]
+    assert "room" not in json.dumps(body["highlight"])
+
+
+def test_the_months_facet_counts_each_month_from_its_index(search, corpus, client):
+    """Hits in two months: one bucket per month, oldest first, labelled YYYY-MM as the date histogram was."""
+    fill(corpus)  # 2025-11-24
+    corpus.now += 10 * 86_400_000  # 2025-12-04
+    corpus.add(room=ENG, sender=BOB, body="deploy in december")
+    corpus.add(room=SECRET, sender=ALICE, body="secret deploy in december")
+    found = result(search.search(BOB, SearchQuery("deploy")))
+    assert found.months == [("2025-11", 3), ("2025-12", 1)]
+    assert client.bodies()[-1]["aggs"]["months"] == {"terms": {"field": "_index", "size": MAX_MONTH_BUCKETS}}
+
+
+def test_month_buckets_add_up_indices_of_one_month_and_keep_odd_names():
+    """A month reindexed under a second name is still one bucket; an index without a month keeps its name."""
+    aggregations = {
+        "months": {
+            "buckets": [
+                {"key": "messages-2025.06", "doc_count": 5},
+                {"key": "messages-2024.12", "doc_count": 2},
+                {"key": "messages-2025.06-reindexed", "doc_count": 3},
+                {"key": "messages-imported", "doc_count": 1},
+            ]
+        }
+    }
+    assert month_buckets(aggregations) == [("2024-12", 2), ("2025-06", 8), ("messages-imported", 1)]
+
+
+def test_the_senders_facet_is_filtered_only_when_a_room_hides_accounts(search, corpus, client):
+    """Without masked rooms the facet is a plain terms aggregation; both shapes read back the same way."""
+    fill(corpus)
+    found = result(search.search(BOB, SearchQuery("deploy")))
+    assert client.bodies()[-1]["aggs"]["senders"] == {"terms": {"field": "sender", "size": 10}}
+    assert dict(found.senders) == {ALICE: 2, BOB: 1}
 
 
 def test_a_user_with_no_rooms_sees_only_their_own_conversations(search, corpus, client):
