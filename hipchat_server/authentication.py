@@ -1,4 +1,11 @@
-"""Who is calling the HTTP API: ``Authorization: Basic`` (the XMPP username and password) or ``Bearer`` (a personal token).
+"""Who is calling the HTTP API: ``Authorization: Basic`` (the XMPP username and password) or ``Bearer`` (a token).
+
+`Authenticator.caller` answers a `Caller`: who it is and which of HipChat's
+scopes it holds. Basic callers hold every scope their account allows (an
+admin all, others all but ``admin_group``). A Bearer token is a personal
+token (a user's, with the scopes chosen at creation, never more than the
+user's account allows), a room notification token (``send_notification``
+for its room only) or a token issued to an OAuth client.
 
 Basic checks the password against the account's SCRAM-SHA-256 keys (one
 PBKDF2, a few milliseconds; the argon2 hash, ~50 ms, only for an account
@@ -8,9 +15,11 @@ Basic on every request does not pay it every time; a password change takes
 effect once that has passed. (The HTTP resources limit failures per client
 address, like XMPP logins: `xmpp.auth_limits`.)
 
-A Bearer token is looked up by its SHA-256 in ``api_tokens``: a personal
-token (one that has a user), not expired, of an active user, with the
-``view_messages`` scope.
+A Bearer token is looked up by its SHA-256 in ``api_tokens`` (remembered
+for `TOKEN_CACHE_TTL` seconds, so a busy bot does not cost a query per
+request; `forget_token` drops it at once when this process revokes it).
+`authenticate` (the older interface) takes only personal tokens with the
+``view_messages`` scope and answers the username.
 
 Blocking (MariaDB, PBKDF2): call `authenticate` from a thread.
 """
@@ -24,6 +33,7 @@ import hmac
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from scramp import ScramException, ScramMechanism
@@ -36,6 +46,57 @@ MAX_VERIFIED = 10_000
 SCRAM_MECHANISM = "SCRAM-SHA-256"
 #: The scope a token needs to read messages (HipChat's name for it).
 VIEW_MESSAGES = "view_messages"
+#: HipChat's API scopes.
+SCOPES = (
+    "admin_group",
+    "admin_room",
+    "manage_rooms",
+    "send_message",
+    "send_notification",
+    "view_group",
+    "view_messages",
+    "view_room",
+)
+ADMIN_ONLY_SCOPES = frozenset({"admin_group"})
+#: Seconds a looked-up token is taken without asking MariaDB again (expiry is still checked every time).
+TOKEN_CACHE_TTL = 10.0
+MAX_CACHED_TOKENS = 10_000
+
+
+def scopes_allowed(is_admin: bool) -> frozenset[str]:
+    """The scopes an account may hold: an admin every one, anyone else all but ``admin_group``."""
+    return frozenset(SCOPES) if is_admin else frozenset(SCOPES) - ADMIN_ONLY_SCOPES
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling the API and what they may do.
+
+    ``username`` and ``user_id`` are None for a room token without a user
+    (and for anonymous callers); ``room_id`` is a room notification token's
+    room. ``rate_key`` is what the rate limit counts by: the token
+    (``token:<id>``), the user for Basic (``user:<name>``), the address
+    for anonymous callers (``address:<ip>``).
+    """
+
+    username: str | None
+    user_id: int | None
+    scopes: frozenset[str]
+    rate_key: str
+    room_id: int | None = None
+    token_id: int | None = None
+    is_admin: bool = False
+    token_label: str = ""
+    oauth_client_id: str | None = None
+    expires_at: datetime | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.rate_key.split(":", 1)[0] != "address"
+
+    @classmethod
+    def anonymous(cls, address: str) -> "Caller":
+        return cls(username=None, user_id=None, scopes=frozenset(), rate_key=f"address:{address}")
 
 
 class AuthenticationFailed(Exception):
@@ -59,8 +120,10 @@ class Authenticator:
     ``tokens`` a `storage.api_tokens.ApiTokenStore` (None: Bearer is refused).
     """
 
-    def __init__(self, credentials: UserCredentials, tokens=None, *, clock=time.monotonic, now=None):
-        self.credentials, self.tokens = credentials, tokens
+    def __init__(self, credentials: UserCredentials, tokens=None, *, accounts=None, clock=time.monotonic, now=None):
+        """``accounts(username)`` answers ``(user_id, is_admin)`` for Basic callers (None: unknown id, not admin)."""
+        self.credentials, self.tokens, self.accounts = credentials, tokens, accounts
+        self._tokens_seen: dict[str, tuple[float, object]] = {}
         self.now = now or (lambda: datetime.now(timezone.utc).replace(tzinfo=None))  # MariaDB keeps naive UTC
         self.clock = clock
         self._key = secrets.token_bytes(32)
@@ -75,6 +138,67 @@ class Authenticator:
         if scheme.lower() == "bearer":
             return self._bearer(value.strip())
         raise AuthenticationFailed("send Authorization: Basic (username and password) or Bearer (a personal token)")
+
+    def caller(self, authorization: str | None) -> Caller:
+        """The `Caller` an ``Authorization`` value (Basic or Bearer) proves; AuthenticationFailed otherwise."""
+        scheme, _, value = (authorization or "").strip().partition(" ")
+        if scheme.lower() == "basic":
+            username = self._basic(value.strip())
+            user_id, is_admin = self.accounts(username) if self.accounts is not None else (None, False)
+            return Caller(username, user_id, scopes_allowed(is_admin), f"user:{username}", is_admin=is_admin)
+        if scheme.lower() == "bearer":
+            return self._token_caller(value.strip())
+        raise AuthenticationFailed("send Authorization: Basic (username and password) or Bearer (a token)")
+
+    def _token_caller(self, token: str) -> Caller:
+        if not token or self.tokens is None:
+            raise AuthenticationFailed("invalid token")
+        token_hash = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        row = self._find_token(token_hash)
+        if row is None:
+            raise AuthenticationFailed("invalid token")
+        if row.expires_at is not None and row.expires_at <= self.now():
+            raise AuthenticationFailed("this token has expired")
+        scopes = frozenset(row.scopes)
+        if row.user_id is not None:
+            if row.user_is_deleted or not row.user_is_active:
+                raise AuthenticationFailed("invalid token")
+            scopes &= scopes_allowed(row.user_is_admin)  # a demoted admin's tokens lose admin_group
+        if row.room_id is not None:
+            scopes &= {"send_notification"}
+        return Caller(
+            username=row.username,
+            user_id=row.user_id,
+            scopes=scopes,
+            rate_key=f"token:{row.id}",
+            room_id=row.room_id,
+            token_id=row.id,
+            is_admin=row.user_is_admin and row.room_id is None,
+            token_label=row.label,
+            oauth_client_id=row.client_id,
+            expires_at=row.expires_at,
+        )
+
+    def _find_token(self, token_hash: str):
+        now = self.clock()
+        with self._lock:
+            seen = self._tokens_seen.get(token_hash)
+        if seen is not None and seen[0] > now:
+            return seen[1]
+        row = self.tokens.find(token_hash)
+        with self._lock:
+            if len(self._tokens_seen) >= MAX_CACHED_TOKENS:
+                self._tokens_seen.pop(next(iter(self._tokens_seen)))
+            self._tokens_seen[token_hash] = (now + TOKEN_CACHE_TTL, row)
+        return row
+
+    def forget_token(self, token_hash: str | None = None) -> None:
+        """Drop a remembered token (every one when ``token_hash`` is None): after a revocation in this process."""
+        with self._lock:
+            if token_hash is None:
+                self._tokens_seen.clear()
+            else:
+                self._tokens_seen.pop(token_hash, None)
 
     def _basic(self, value: str) -> str:
         username = claimed_username(f"Basic {value}")

@@ -119,6 +119,8 @@ class ClusterRouter(EchoLessRouter):
         self._session_end_handlers: list[Callable[..., "defer.Deferred | None"]] = []
         self._awaiting_confirmation: dict[str, defer.Deferred] = {}
         self._confirmation_ids = itertools.count(1)
+        self._confirmation_deadlines: deque[tuple[float, str]] = deque()
+        self._deadline_timer = None
         self.register_iq_handler(ROSTER_NS, "query", self._roster_iq)
         self.register_iq_handler(carbons.CARBONS_NS, "enable", self._carbons_iq)
         self.register_iq_handler(carbons.CARBONS_NS, "disable", self._carbons_iq)
@@ -432,6 +434,8 @@ class ClusterRouter(EchoLessRouter):
             self.log.info("no front end confirmed a message for {bare}; storing it offline", bare=bare)
             return self._store_offline(bare, message)
 
+        if len(pending) == 1:  # the usual case, without DeferredList's bookkeeping
+            return pending[0].addCallbacks(lambda taken: [(True, taken)], lambda failure: [(False, failure)]).addCallback(settled)
         return defer.DeferredList(pending, consumeErrors=True).addCallback(settled)
 
     @defer.inlineCallbacks
@@ -558,8 +562,7 @@ class ClusterRouter(EchoLessRouter):
         token = f"{self.directory.frontend_id}#{next(self._confirmation_ids)}"
         confirmed = defer.Deferred()
         self._awaiting_confirmation[token] = confirmed
-        timeout = self.clock.callLater(CONFIRM_TIMEOUT, self._confirmation_timed_out, token)
-        confirmed.addBoth(lambda result: (timeout.active() and timeout.cancel(), result)[1])
+        self._await_deadline(token)
         payload = self._delivery_payload(full, stanza, confirm=token)
 
         def published(receivers):
@@ -578,9 +581,23 @@ class ClusterRouter(EchoLessRouter):
         if confirmed is not None:
             confirmed.callback(ok)
 
-    def _confirmation_timed_out(self, token: str) -> None:
-        self.log.warn("no delivery confirmation for {token} within {s}s", token=token, s=CONFIRM_TIMEOUT)
-        self._confirm(token, False)
+    def _await_deadline(self, token: str) -> None:
+        # One timer for all confirmations rather than one per message: deadlines come in the order
+        # they were set, and almost every token is confirmed (and forgotten) long before its deadline.
+        self._confirmation_deadlines.append((self.clock.seconds() + CONFIRM_TIMEOUT, token))
+        if self._deadline_timer is None:
+            self._deadline_timer = self.clock.callLater(CONFIRM_TIMEOUT, self._expire_confirmations)
+
+    def _expire_confirmations(self) -> None:
+        self._deadline_timer = None
+        deadlines, now = self._confirmation_deadlines, self.clock.seconds()
+        while deadlines and deadlines[0][0] <= now:
+            _, token = deadlines.popleft()
+            if token in self._awaiting_confirmation:
+                self.log.warn("no delivery confirmation for {token} within {s}s", token=token, s=CONFIRM_TIMEOUT)
+                self._confirm(token, False)
+        if deadlines:
+            self._deadline_timer = self.clock.callLater(max(0.0, deadlines[0][0] - now), self._expire_confirmations)
 
     # Items other front ends published to this one.
     def deliver_published(self, payload: str | bytes) -> None:

@@ -270,6 +270,30 @@ class RoomsConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """REST API v2 limits (section ``api``, optional: every key has a default)."""
+
+    rate_limit_requests: int = 500  # requests one token (Basic: user; anonymous: address) may make per window
+    rate_limit_seconds: int = 300  # the rate-limit window
+    flood_messages: int = 30  # messages sent through the API per room (private: per recipient) per window
+    flood_seconds: int = 60  # the flood-control window
+    oauth_token_seconds: int = 3600  # lifetime of a token issued by POST /v2/oauth/token
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "ApiConfig":
+        if raw.get("api") is None:
+            return cls()
+        r = _Reader("api", _section(raw, "api"))
+        return cls(
+            rate_limit_requests=r.positive_int("rate_limit_requests", cls.rate_limit_requests),
+            rate_limit_seconds=r.positive_int("rate_limit_seconds", cls.rate_limit_seconds),
+            flood_messages=r.positive_int("flood_messages", cls.flood_messages),
+            flood_seconds=r.positive_int("flood_seconds", cls.flood_seconds),
+            oauth_token_seconds=r.positive_int("oauth_token_seconds", cls.oauth_token_seconds),
+        )
+
+
+@dataclass(frozen=True)
 class ApplianceConfig:
     supervisor_config: str
     data_dirs: dict[str, str]
@@ -294,6 +318,7 @@ class Config:
     xmpp: XmppConfig = field(default_factory=XmppConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
     @classmethod
     def parse(cls, raw: Any) -> "Config":
@@ -310,6 +335,7 @@ class Config:
             xmpp=XmppConfig.load(raw),
             archive=ArchiveConfig.load(raw),
             rooms=RoomsConfig.load(raw),
+            api=ApiConfig.load(raw),
         )
 
 

@@ -128,6 +128,9 @@ api_tokens = Table(
     Column("scopes", JSON, nullable=False),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
     Column("expires_at", DateTime, nullable=True),
+    # Migration 0005: the OAuth client a token was issued to (deleting the client revokes it).
+    Column("oauth_client_id", Integer, ForeignKey("oauth_clients.id", ondelete="CASCADE"), nullable=True),
+    Index("ix_api_tokens_expires_at", "expires_at"),
 )
 
 feature_flags = Table(
@@ -158,6 +161,20 @@ audit_log = Table(
     Index("ix_audit_log_at", "at"),
 )
 
+# OAuth 2.0 clients (migration 0005): the client-credentials grant of POST /v2/oauth/token.
+oauth_clients = Table(
+    "oauth_clients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("client_id", String(64), nullable=False, unique=True),
+    # SHA-256 of the secret; the secret is shown once and never stored.
+    Column("secret_hash", String(64), nullable=False),
+    Column("label", String(100), nullable=False, server_default=""),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+)
+
 __all__ = [
     "metadata",
     "users",
@@ -167,6 +184,7 @@ __all__ = [
     "rooms",
     "room_members",
     "api_tokens",
+    "oauth_clients",
     "feature_flags",
     "group_flags",
     "audit_log",
