@@ -243,6 +243,72 @@ class ArchiveConfig:
         )
 
 
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """The background job queue and its workers (section ``jobs``, optional)."""
+
+    worker_threads: int = 4  # jobs one worker process runs at once
+    max_attempts: int = 10  # tries before a job goes to the dead letters
+    retry_base_seconds: int = 1  # first retry after this long, doubling each time
+    claim_idle_seconds: int = 60  # a job held this long by a worker (that died) is taken over by another
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "JobsConfig":
+        if raw.get("jobs") is None:
+            return cls()
+        r = _Reader("jobs", _section(raw, "jobs"))
+        return cls(
+            worker_threads=r.positive_int("worker_threads", cls.worker_threads),
+            max_attempts=r.positive_int("max_attempts", cls.max_attempts),
+            retry_base_seconds=r.positive_int("retry_base_seconds", cls.retry_base_seconds),
+            claim_idle_seconds=r.positive_int("claim_idle_seconds", cls.claim_idle_seconds),
+        )
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    """E-mail to people @mentioned while offline, through an SMTP relay (section ``mail``, optional)."""
+
+    smtp_host: str = "127.0.0.1"  # the installer's local relay (postfix, loopback only) by default
+    smtp_port: int = 25
+    from_address: str = ""  # the ``from`` key; empty: noreply@<server.domain>
+    mention_mail: bool = True  # send mention e-mail at all
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "MailConfig":
+        if raw.get("mail") is None:
+            return cls()
+        values = _section(raw, "mail")
+        r = _Reader("mail", values)
+        sender = values.get("from", "")
+        if not isinstance(sender, str) or (sender and "@" not in sender):
+            raise ConfigError("mail.from: expected an e-mail address (or nothing for noreply@<domain>)")
+        enabled = values.get("mention_mail", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError("mail.mention_mail: expected true or false")
+        return cls(smtp_host=r.str("smtp_host", cls.smtp_host), smtp_port=r.port("smtp_port", cls.smtp_port), from_address=sender, mention_mail=enabled)
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Push notifications through an HTTP gateway (section ``push``, optional; off without ``gateway_url``)."""
+
+    gateway_url: str = ""  # POSTed JSON for each mention of someone offline; empty: no push
+    gateway_token: str = field(default="", repr=False)  # sent as ``Authorization: Bearer`` when set
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "PushConfig":
+        if raw.get("push") is None:
+            return cls()
+        values = _section(raw, "push")
+        url, token = values.get("gateway_url") or "", values.get("gateway_token") or ""
+        if not isinstance(url, str) or (url and not url.startswith(("http://", "https://"))):
+            raise ConfigError("push.gateway_url: expected an http or https URL (or nothing to turn push off)")
+        if not isinstance(token, str):
+            raise ConfigError("push.gateway_token: expected a string")
+        return cls(gateway_url=url, gateway_token=token)
+
 ROOM_CREATORS = ("everyone", "admins")
 
 
@@ -315,6 +381,9 @@ class Config:
     redis: RedisConfig
     opensearch: OpenSearchConfig
     appliance: ApplianceConfig
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    push: PushConfig = field(default_factory=PushConfig)
     xmpp: XmppConfig = field(default_factory=XmppConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
@@ -332,6 +401,9 @@ class Config:
             redis=RedisConfig.load(raw),
             opensearch=OpenSearchConfig.load(raw),
             appliance=ApplianceConfig.load(raw),
+            jobs=JobsConfig.load(raw),
+            mail=MailConfig.load(raw),
+            push=PushConfig.load(raw),
             xmpp=XmppConfig.load(raw),
             archive=ArchiveConfig.load(raw),
             rooms=RoomsConfig.load(raw),

@@ -228,3 +228,35 @@ vcards = Table(
     Column("vcard", Text().with_variant(mysql.MEDIUMTEXT(), "mysql"), nullable=False),
     Column("updated_at", DateTime, nullable=False, server_default=func.now()),
 )
+
+# Room webhooks (migration 0006): HipChat's room_message (with a regex pattern), room_notification,
+# room_enter, ... events POSTed as JSON to a URL; with a secret, signed as a JWT (HS256).
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("room_id", Integer, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(100), nullable=False, server_default=""),
+    Column("url", String(2048), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("pattern", String(512), nullable=True),
+    Column("secret", String(255), nullable=True),
+    Column("oauth_client_id", String(64), nullable=True),  # the OAuth client that created it, if one did
+    Column("created_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    Index("ix_webhooks_room_id", "room_id"),
+)
+
+# Incoming commit hooks (migration 0006): GitHub and Bitbucket push payloads POSTed to
+# /v2/room/<id>/commit-hook/<token> become notifications; the token is kept as its SHA-256.
+commit_hooks = Table(
+    "commit_hooks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("room_id", Integer, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("label", String(100), nullable=False, server_default=""),
+    Column("secret", String(255), nullable=True),  # GitHub's webhook secret: X-Hub-Signature-256 is checked with it
+    Column("created_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+)
