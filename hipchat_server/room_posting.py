@@ -113,12 +113,16 @@ class RoomPoster:
         self.emit = emit
         self.posted = 0
 
-    def post_message(self, room: str, sender: str, name: str, message: str) -> defer.Deferred:
-        """Post ``message`` (text) into ``room`` (its JID) as ``sender`` (bare JID) named ``name``; fires with the record once durable."""
+    def post_message(self, room: str, sender: str, name: str, message: str, extra: dict | None = None) -> defer.Deferred:
+        """Post ``message`` (text) into ``room`` (its JID) as ``sender`` (bare JID) named ``name``; fires with the record once durable.
+
+        ``extra`` fields go into the record (a reply's ``parent_message_id``).
+        """
         check_message(message)
         stanza = _groupchat(f"{room}/{name}")
         stanza.addElement("body", content=message)
         record = self.archive.new_record(stanza, type="groupchat", sender=sender, body=message, room=room, sender_name=name)
+        record.update(extra or {})
         return self._post(room, record, "room_message")
 
     def post_notification(self, room: str, notification: Notification, sender: str | None = None) -> defer.Deferred:
@@ -153,17 +157,26 @@ class RoomPoster:
     @defer.inlineCallbacks
     def _fan_out(self, room: str, record: dict):
         # Read after the push (same ordered writer): whoever joins from now on finds it in the recent list.
-        replies = yield self.writer.submit(lambda pipe: self.occupants.occupants_command(pipe, room))
+        occupants = yield self.read_occupants(room)
+        yield self.deliver(room, occupants.values(), record["xml"], record["id"])
+
+    def read_occupants(self, room: str) -> defer.Deferred:
+        """The room's occupants by full JID (`OccupantStore.occupants`), read through the ordered writer."""
+        d = self.writer.submit(lambda pipe: self.occupants.occupants_command(pipe, room))
+        return d.addCallback(lambda replies: self.occupants.occupants_from(replies[0] or {}))
+
+    def deliver(self, room: str, recipients, xml: str, message_id: str | None = None) -> defer.Deferred:
+        """Send ``xml`` (a room stanza without ``to``) to ``recipients`` (occupants): one muc_deliver item per front end."""
         by_frontend: dict[str, list[str]] = {}
-        for occupant in self.occupants.occupants_from(replies[0] or {}).values():
+        for occupant in recipients:
             by_frontend.setdefault(occupant.frontend, []).append(occupant.full)
         published = []
         for frontend, fulls in sorted(by_frontend.items()):
-            item = json.dumps({"kind": "muc_deliver", "room": room, "xml": record["xml"], "to": sorted(fulls), "id": record["id"]})
+            item = json.dumps({"kind": "muc_deliver", "room": room, "xml": xml, "to": sorted(fulls), "id": message_id})
             d = self.writer.publish(SessionDirectory.channel_of(frontend), item)
             d.addCallback(self._published, room, frontend)
             published.append(d)
-        yield defer.gatherResults(published, consumeErrors=True)
+        return defer.gatherResults(published, consumeErrors=True)
 
     def _published(self, receivers: int, room: str, frontend: str) -> None:
         if not receivers:

@@ -309,6 +309,113 @@ class RoomStore:
 
         return run_in_transaction(self.engine, "get_readable_rooms", work)
 
+    # The REST API's reads and writes (rooms_api): HipChat's fields beyond the XMPP settings.
+    def details(self, id_or_name: str) -> "RoomDetails | None":
+        """The room with this numeric id, display name or address (JID localpart), or None."""
+
+        def work(connection):
+            query = select(rooms, users.c.username.label("owner_username")).select_from(
+                rooms.outerjoin(users, users.c.id == rooms.c.owner_id)
+            )
+            if id_or_name.isdigit():
+                row = connection.execute(query.where(rooms.c.id == int(id_or_name))).mappings().first()
+                if row is not None:
+                    return row
+            row = connection.execute(query.where(rooms.c.name == id_or_name)).mappings().first()
+            return row or connection.execute(query.where(rooms.c.jid_node == id_or_name)).mappings().first()
+
+        row = run_in_transaction(self.engine, "get_room_details", work)
+        return _details(row) if row else None
+
+    def directory(self, username: str | None, *, every_private: bool, include_private: bool, include_archived: bool, start: int, limit: int):
+        """A page of rooms by name for the room list, and how many there are: ``(list of RoomDetails, total)``.
+
+        Private rooms only with ``include_private``, and then only those
+        ``username`` is owner, admin or member of (every one with
+        ``every_private``: an administrator). Locked rooms never.
+        """
+
+        def work(connection):
+            user = _user(connection, username) if username else None
+            user_id = user.id if user else -1
+            mine = room_members.c.affiliation.in_(("owner", "admin", "member"))
+            joined = rooms.outerjoin(users, users.c.id == rooms.c.owner_id).outerjoin(
+                room_members, and_(room_members.c.room_id == rooms.c.id, room_members.c.user_id == user_id)
+            )
+            conditions = [rooms.c.is_locked.is_(False)]
+            if not include_archived:
+                conditions.append(rooms.c.is_archived.is_(False))
+            if not include_private:
+                conditions.append(rooms.c.privacy == "public")
+            elif not every_private:
+                conditions.append(or_(rooms.c.privacy == "public", mine))
+            where = and_(*conditions)
+            total = connection.execute(select(func.count()).select_from(joined).where(where)).scalar()
+            query = (
+                select(rooms, users.c.username.label("owner_username"))
+                .select_from(joined)
+                .where(where)
+                .order_by(rooms.c.name)
+                .offset(start)
+                .limit(limit)
+            )
+            return [_details(row) for row in connection.execute(query).mappings()], total
+
+        return run_in_transaction(self.engine, "get_room_directory", work)
+
+    def set_details(self, node: str, *, archived: bool | None = None, guest_accessible: bool | None = None, owner: str | None = None) -> None:
+        """Change HipChat's archived and guest-access flags and the owner (who also becomes an owner by affiliation)."""
+
+        def work(connection):
+            row = _room_row(connection, node, lock=True)
+            if row is None:
+                raise KeyError(node)
+            values = {}
+            if archived is not None:
+                values["is_archived"] = archived
+            if guest_accessible is not None:
+                values["is_guest_accessible"] = guest_accessible
+            if owner is not None:
+                user = _user(connection, owner)
+                if user is None:
+                    raise UnknownUser(owner)
+                values["owner_id"] = user.id
+                where = and_(room_members.c.room_id == row["id"], room_members.c.user_id == user.id)
+                connection.execute(delete(room_members).where(where))
+                connection.execute(room_members.insert().values(room_id=row["id"], user_id=user.id, affiliation="owner"))
+            if values:
+                connection.execute(update(rooms).where(rooms.c.id == row["id"]).values(**values))
+
+        run_in_transaction(self.engine, "set_room_details", work)
+
+    def members(self, node: str) -> list[dict]:
+        """The owners, admins and members of the room (user id, username, name, mention_name, affiliation), by username."""
+        query = (
+            select(users.c.id, users.c.username, users.c.name, users.c.mention_name, room_members.c.affiliation)
+            .select_from(room_members.join(users, users.c.id == room_members.c.user_id).join(rooms, rooms.c.id == room_members.c.room_id))
+            .where(rooms.c.jid_node == node, room_members.c.affiliation.in_(("owner", "admin", "member")), users.c.deleted_at.is_(None))
+            .order_by(users.c.username)
+        )
+        return run_in_transaction(self.engine, "get_room_members", lambda c: [dict(r) for r in c.execute(query).mappings()])
+
+
+@dataclass(frozen=True)
+class RoomDetails:
+    """A room with HipChat's fields beyond its XMPP settings (for the REST API)."""
+
+    room: Room
+    topic: str
+    is_archived: bool
+    is_guest_accessible: bool
+    owner: str | None  # the owner's username
+    created_at: object  # datetime (naive UTC)
+
+
+def _details(row) -> RoomDetails:
+    return RoomDetails(
+        _room(row), row["topic"] or "", bool(row["is_archived"]), bool(row["is_guest_accessible"]), row["owner_username"], row["created_at"]
+    )
+
 
 def may_change_affiliation(actor: str, old: str, new: str) -> bool:
     """XEP-0045 sections 9 and 10: owners change anything; admins only members, outcasts and nobodies."""

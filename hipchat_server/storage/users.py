@@ -74,6 +74,65 @@ class UserStore:
     def get_by_email(self, email: str) -> dict | None:
         return self._get_by("get_user_by_email", users.c.email, email)
 
+    def get_by_id(self, user_id: int) -> dict | None:
+        return self._get_by("get_user_by_id", users.c.id, user_id)
+
+    def get_by_mention_name(self, mention_name: str) -> dict | None:
+        return self._get_by("get_user_by_mention_name", users.c.mention_name, mention_name)
+
+    def by_usernames(self, usernames) -> dict[str, dict]:
+        """The rows of these usernames (deleted ones too), by username."""
+        wanted = sorted(set(usernames))
+        if not wanted:
+            return {}
+
+        def work(connection):
+            query = select(users.c.id, users.c.username, users.c.name, users.c.mention_name).where(users.c.username.in_(wanted))
+            return {row["username"]: dict(row) for row in connection.execute(query).mappings()}
+
+        return run_in_transaction(self.engine, "get_users_by_username", work)
+
+    def page(self, *, include_guests: bool, include_deleted: bool, start: int, limit: int) -> tuple[list[dict], int]:
+        """A page of users by name (for the REST API's user list) and how many there are."""
+        from sqlalchemy import and_, func
+
+        conditions = []
+        if not include_guests:
+            conditions.append(users.c.is_guest.is_(False))
+        if not include_deleted:
+            conditions.append(users.c.deleted_at.is_(None))
+        where = and_(True, *conditions)
+
+        def work(connection):
+            total = connection.execute(select(func.count()).select_from(users).where(where)).scalar()
+            query = select(users).where(where).order_by(users.c.name, users.c.id).offset(start).limit(limit)
+            return [dict(row) for row in connection.execute(query).mappings()], total
+
+        return run_in_transaction(self.engine, "get_user_page", work)
+
+    def update_fields(self, user_id: int, **values) -> None:
+        """Change profile columns (name, email, mention_name, title, timezone, is_admin). Raises DuplicateKeyError."""
+
+        def work(connection):
+            connection.execute(users.update().where(users.c.id == user_id).values(**values))
+
+        try:
+            run_in_transaction(self.engine, "update_user_fields", work)
+        except IntegrityError as e:
+            column = _duplicate_column(e)
+            if column is None:
+                raise
+            raise DuplicateKeyError(column) from e
+
+    def mark_deleted(self, user_id: int) -> None:
+        """Delete a user as HipChat does: the row stays (history names it), it can no longer log in."""
+        from sqlalchemy import func
+
+        def work(connection):
+            connection.execute(users.update().where(users.c.id == user_id).values(deleted_at=func.now(), is_active=False))
+
+        run_in_transaction(self.engine, "delete_user", work)
+
     def insert(self, *, credentials: Iterable[Mapping] = (), **values) -> int:
         """Insert a user and, in the same transaction, its SCRAM ``credentials``; return its id.
 
