@@ -347,7 +347,7 @@ class ClusterRouter(EchoLessRouter):
             # Where the recipient is first: should Redis fail, nothing is archived yet and the sender's
             # error is true. Once archived, the message is durable whatever happens to its delivery.
             recipient, sender = yield self._lookup_many([bare, sender_bare])
-            kind = message.getAttribute("type", "normal")
+            kind, xml = message.getAttribute("type", "normal"), None
             if self.archive is not None and kind in ARCHIVED_ONE_TO_ONE and is_archived(message):
                 record = self.archive.new_record(
                     message, type=kind, sender=sender_bare, body=body_of(message), recipient=bare
@@ -356,9 +356,10 @@ class ClusterRouter(EchoLessRouter):
                 if stored.get("duplicate"):
                     durable.callback(None)  # a resend of a message already archived (and delivered or stored)
                     return
+                xml = record["xml"]  # serialised once, with its stanza-id, for every recipient
             if bare == sender_bare:
                 sender = recipient
-            outcome, settled = yield self._route_to_user(message, target, sender=connection.jid, user=recipient)
+            outcome, settled = yield self._route_to_user(message, target, sender=connection.jid, user=recipient, xml=xml)
             if outcome in ("stored", "delivered"):
                 self._send_carbons(connection, message, sender)
             else:
@@ -391,7 +392,9 @@ class ClusterRouter(EchoLessRouter):
             connection.deliver(stanza_error_reply(message, outcome))
 
     @defer.inlineCallbacks
-    def _route_to_user(self, message: domish.Element, target: JID, sender: JID | None, user: UserSessions | None = None):
+    def _route_to_user(
+        self, message: domish.Element, target: JID, sender: JID | None, user: UserSessions | None = None, xml: str | None = None
+    ):
         """Deliver ``message`` to ``target`` per RFC 6121 8.5.
 
         Returns ``(outcome, settled)``: outcome is "delivered", "stored", None
@@ -415,7 +418,7 @@ class ClusterRouter(EchoLessRouter):
             if kind not in STORED_MESSAGE_TYPES:
                 return None, None  # headline and error messages are not kept
             return (yield self._store_offline(bare, message)), None
-        pending = [self._deliver_confirmed(_full(bare, r), user.frontends[r], message) for r in recipients]
+        pending = [self._deliver_confirmed(_full(bare, r), user.frontends[r], message, xml) for r in recipients]
         # Carbons for the recipient's other devices (XEP-0280 "received").
         if carbons.is_copied(message):
             for resource in sorted(user.carbons - set(recipients)):
@@ -545,25 +548,28 @@ class ClusterRouter(EchoLessRouter):
         receivers = yield self._publish(frontend, self._delivery_payload(full, stanza))
         return 1 if receivers else 0
 
-    def _delivery_payload(self, full: JID, stanza: domish.Element, confirm: str | None = None) -> str:
+    def _delivery_payload(self, full: JID, stanza: domish.Element, confirm: str | None = None, xml: str | None = None) -> str:
         """A ``deliver`` item for another front end; with ``confirm`` it answers with a ``delivered`` item."""
-        item = {"kind": "deliver", "to": str(full), "xml": stanza.toXml(defaultUri=CLIENT_NS)}
+        item = {"kind": "deliver", "to": str(full), "xml": xml if xml is not None else stanza.toXml(defaultUri=CLIENT_NS)}
         if confirm is not None:
             item.update(confirm=confirm, origin=self.directory.frontend_id)
         return json.dumps(item)
 
-    def _deliver_confirmed(self, full: JID, frontend: str, stanza: domish.Element) -> defer.Deferred:
-        """Like `_deliver`, but a remote front end must confirm it wrote the stanza: fires True or False."""
+    def _deliver_confirmed(self, full: JID, frontend: str, stanza: domish.Element, xml: str | None = None) -> defer.Deferred:
+        """Like `_deliver`, but a remote front end must confirm it wrote the stanza: fires True or False.
+
+        ``xml`` is the stanza serialised already, when the caller has it.
+        """
         if frontend == self.directory.frontend_id:
             recipient = self.sessions.get(full)
             if recipient is not None:
-                recipient.deliver(stanza)
+                recipient.deliver(xml if xml is not None else stanza)
             return defer.succeed(recipient is not None)
         token = f"{self.directory.frontend_id}#{next(self._confirmation_ids)}"
         confirmed = defer.Deferred()
         self._awaiting_confirmation[token] = confirmed
         self._await_deadline(token)
-        payload = self._delivery_payload(full, stanza, confirm=token)
+        payload = self._delivery_payload(full, stanza, confirm=token, xml=xml)
 
         def published(receivers):
             if not receivers:

@@ -455,7 +455,7 @@ def test_a_chat_message_is_archived_before_anyone_receives_it():
     [record] = spool.committed
     assert (record["sender"], record["recipient"], record["body"]) == (f"alice@{DOMAIN}", f"bob@{DOMAIN}", "archived first")
     [received] = bob.delivered
-    assert record["id"] in received.toXml()
+    assert record["id"] in (received if isinstance(received, str) else received.toXml())
 
 
 def test_a_message_the_spool_refuses_is_not_delivered_and_fails():
