@@ -26,8 +26,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from hipchat_server.history import HistoryError, Paging
+from hipchat_server.history import Archive, HistoryError, Paging
 from hipchat_server.room_posting import Notification, PostingError
+from hipchat_server.storage.room_access import access_of
 from hipchat_server.storage.message_search import is_message_id, message_id_milliseconds
 from hipchat_server.storage.rooms import LastOwner, RoomExists, UnknownUser
 from hipchat_server.users_api import Caller, Conflict, Forbidden, Invalid, NotFound
@@ -401,23 +402,20 @@ class RoomsApi:
 
     # History.
     def _archive(self, room: str):
-        from hipchat_server.history import Archive
-
         return Archive(room, room=True, real_jids=True)
 
     @defer.inlineCallbacks
     def _readable(self, caller: Caller, key: str):
         """(details, archive) of a room whose history the caller may read."""
-        details, _ = yield self.run_database(self._load, caller, key)
         if caller.username is None:
             raise Forbidden("a room notification token may only send notifications")
-        try:
-            archive = yield self.history.room_archive(f"{caller.username}@{self.domain}", self.room_jid(details.room.jid_node))
-        except HistoryError as e:
-            if not caller.is_admin:
-                raise (NotFound if e.condition == "item-not-found" else Forbidden)(e.text) from None
-            archive = self._archive(self.room_jid(details.room.jid_node))
-        return details, archive
+        details, affiliation = yield self.run_database(self._load, caller, key)
+        # The archive's own rule (storage.room_access), from what _load read already: no second query.
+        config = details.room.config
+        access = access_of("private" if config.members_only else "public", config.whois, affiliation)
+        if not (access.readable or caller.is_admin):
+            raise Forbidden("this room's history is for its members")
+        return details, Archive(self.room_jid(details.room.jid_node), room=True, real_jids=access.real_jids or caller.is_admin)
 
     def _query(self, criteria, paging: Paging) -> defer.Deferred:
         d = self.history.query(criteria, paging)

@@ -306,3 +306,24 @@ def user_directory(chat_server) -> UserDirectory:
 def private_messages(chat_server) -> PrivateMessages:
     config = chat_server.get_config()
     return PrivateMessages(chat_server.get_message_archive(), user_delivery(chat_server), domain=config.server.domain)
+
+
+@defer.inlineCallbacks
+def conversation_history(history, domain: str, reader: str, other: str, *, limit: int, not_before: str | None = None):
+    """The newest ``limit`` one-to-one messages between users ``reader`` and ``other`` (usernames), oldest first.
+
+    ``not_before`` (a message id) keeps out anything older than that message.
+    """
+    from hipchat_server.history import HistoryError, Paging
+    from hipchat_server.storage.message_search import is_message_id, message_id_milliseconds
+
+    if not_before is not None and not is_message_id(not_before):
+        raise NotFound(f"no message {not_before[:40]!r} in this conversation")
+    archive = history.user_archive(f"{reader}@{domain}")
+    start_ms = message_id_milliseconds(not_before) if not_before else None
+    try:
+        criteria = history.criteria(archive, with_bare=f"{other}@{domain}", start_ms=start_ms)
+        page = yield history.query(criteria, Paging(before="", max=limit))
+    except HistoryError as e:
+        raise (NotFound if e.condition == "item-not-found" else Invalid)(e.text) from None
+    return [r for r in page.records if not_before is None or r["id"] >= not_before]
