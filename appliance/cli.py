@@ -240,6 +240,10 @@ def start(ctx: click.Context) -> None:
     sys.exit(start_appliance(console, config_path))
 
 
+import appliance.cli_tokens  # noqa: E402,F401  (registers `token` and `oauth-client` on cli)
+import appliance.cli_jobs  # noqa: E402,F401  (registers `jobs` on cli)
+
+
 def main() -> None:
     cli(obj={})
 

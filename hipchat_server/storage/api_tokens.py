@@ -170,3 +170,16 @@ class ApiTokenStore:
             return len(ids)
 
         return run_in_transaction(self.engine, "delete_expired_api_tokens", work)
+
+    def room_id(self, id_or_name: str) -> int | None:
+        """The id of the room with this numeric id, display name or address (JID localpart); None for none."""
+
+        def work(connection):
+            if id_or_name.isdigit():
+                found = connection.execute(select(rooms.c.id).where(rooms.c.id == int(id_or_name))).scalar()
+                if found is not None:
+                    return found
+            found = connection.execute(select(rooms.c.id).where(rooms.c.name == id_or_name)).scalar()
+            return found or connection.execute(select(rooms.c.id).where(rooms.c.jid_node == id_or_name)).scalar()
+
+        return run_in_transaction(self.engine, "get_token_room_id", work)

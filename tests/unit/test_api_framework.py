@@ -205,6 +205,8 @@ def call(app, method, path, *, authorization=None, body=b"", headers=None) -> An
         request.requestHeaders.setRawHeaders(b"authorization", [authorization.encode()])
     for name, value in (headers or {}).items():
         request.requestHeaders.setRawHeaders(name.encode(), [value.encode()])
+    if body:
+        request.requestHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
     request.gotLength(len(body))
     request.content.write(body)
     request.content.seek(0)
