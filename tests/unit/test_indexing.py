@@ -473,3 +473,46 @@ def test_the_same_failure_during_an_outage_is_logged_once_per_interval(spool_dir
         drain(indexer)
     assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 1
     assert "node 3" in indexer.last_error
+
+
+class ScriptedStop:
+    """Stands in for the indexer's stop event: records how long each pause was, ends the run after a few."""
+
+    def __init__(self, between=lambda: None, pauses: int = 3):
+        self.pauses: list[float] = []
+        self.left = pauses
+        self.between = between
+
+    def is_set(self) -> bool:
+        return self.left <= 0
+
+    def set(self) -> None:
+        self.left = 0
+
+    def wait(self, seconds: float) -> bool:
+        self.pauses.append(seconds)
+        self.left -= 1
+        self.between()
+        return self.left <= 0
+
+
+def test_small_batches_go_out_at_most_every_bulk_interval(spool_dir, client):
+    """A steady trickle is sent a few times a second, not the moment each record lands."""
+    written = iter(range(100))
+    write_segment(spool_dir / "xmpp-0", 1, [record(next(written)) for _ in range(3)])
+    indexer = make_indexer(spool_dir, client)
+    indexer.stopping = ScriptedStop(between=lambda: write_segment(spool_dir / "xmpp-0", 1, [record(next(written)) for _ in range(3)]))
+    indexer.run()
+    assert len(client.requests) == 3 and all(len(ids) == 3 for ids in client.requests)
+    assert all(0.1 < pause <= indexing.MIN_BULK_INTERVAL_SECONDS for pause in indexer.stopping.pauses)
+
+
+def test_a_backlog_is_drained_without_pauses(spool_dir, client, monkeypatch):
+    """Full batches follow each other at once; the indexer pauses only when nothing is left."""
+    monkeypatch.setattr(indexing, "MAX_BATCH_RECORDS", 4)
+    write_segment(spool_dir / "xmpp-0", 1, [record(n) for n in range(12)])
+    indexer = make_indexer(spool_dir, client)
+    indexer.stopping = ScriptedStop(pauses=1)
+    indexer.run()
+    assert [len(ids) for ids in client.requests] == [4, 4, 4]
+    assert indexer.stopping.pauses == [indexing.IDLE_POLL_SECONDS]
