@@ -474,12 +474,18 @@ class RoomsApi:
     def message(self, caller, key: str, message_id: str):
         """One message of the room by id: ``(record, real_jids)``; NotFound when it is not this room's."""
         caller = Caller.of(caller)
-        details, _ = yield self._readable(caller, key)
+        details, archive = yield self._readable(caller, key)
+        room = self.room_jid(details.room.jid_node)
         try:
             found = yield self.history.message(f"{caller.username}@{self.domain}", message_id)
         except HistoryError as e:
             raise Unavailable(e.text) from None
-        if found is None or found[0].get("room") != self.room_jid(details.room.jid_node):
+        if found is None and is_message_id(message_id):
+            # Not indexed yet (a second or two): the room's recent list has every message the indexer has not.
+            recent = yield self.history.run_redis(self.history.recent.room, room, self.history.recent_size)
+            record = next((r for r in recent if r["id"] == message_id), None)
+            found = (record, archive.real_jids) if record is not None else None
+        if found is None or found[0].get("room") != room:
             raise NotFound(f"no message {message_id[:40]!r} in this room")
         return found
 
