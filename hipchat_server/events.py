@@ -12,7 +12,7 @@ localpart, or its id. ``payload``:
   ``notification`` and ``html``), as `archive.MessageArchive.store` returns it;
 - ``room_enter`` / ``room_exit`` / ``room_created`` / ``room_deleted`` /
   ``room_archived``: ``{"sender": <bare JID or username>, "nick": ...}``
-  (``sender`` optional: the API acting as a room token has none);
+  (``sender``, or ``by``, optional: the API acting as a room token has none);
 - ``room_topic_change``: the same plus ``topic``.
 
 Each process keeps, per room, its webhooks for a few seconds (one MariaDB
@@ -187,8 +187,8 @@ class EventDispatcher:
             hooks = [h for h in hooks if h.matches(payload.get("body", ""))]
             if not hooks:
                 return []
-        sender = payload.get("sender") or ""
-        username = sender.split("@", 1)[0] if "@" in sender and not sender.startswith(f"{ref.jid_node}@") else sender
+        sender = payload.get("sender") or payload.get("by") or ""
+        username = "" if sender.startswith(f"{ref.jid_node}@") else sender.split("@", 1)[0]
         mentioned = mention_names(payload.get("body", "")) if kind in ("room_message", "room_notification") else []
         people = self.store.people(usernames=[username] if username else [], mention_names=mentioned)
         item = event_item(kind, ref, payload, people, self.public_url)
@@ -247,7 +247,7 @@ def hipchat_date(timestamp: str | None) -> str | None:
 
 def event_item(kind: str, ref, payload: dict, people: list, public_url: str) -> dict:
     """The ``item`` of an event's payload, as HipChat sends it for ``kind``."""
-    sender = payload.get("sender") or ""
+    sender = payload.get("sender") or payload.get("by") or ""
     username = sender.split("@", 1)[0]
     by_username = {p.username: p for p in people}
     by_mention = {p.mention_name.lower(): p for p in people}

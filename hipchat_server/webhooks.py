@@ -46,7 +46,7 @@ EVENTS = (
 MAX_PATTERN_LENGTH = 512
 MAX_NAME_LENGTH = 100
 MAX_URL_LENGTH = 2048
-MIN_SECRET_LENGTH = 16
+MIN_SECRET_LENGTH = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 # What a pattern is matched against: at most this much of a message (HipChat's message limit).
 MAX_MATCHED_LENGTH = 10_000
 # A new pattern must search each probe string within this time (all of them, in a child process).
@@ -221,3 +221,76 @@ def reply_notification(reply: bytes, default_label: str):
         notify=bool(data.get("notify", False)),
         label=label[:64],
     )
+
+
+class WebhookDelivery:
+    """The ``webhook`` job handler: deliver the event, then post the receiver's reply into the room.
+
+    ``store`` is a `storage.webhooks.WebhookStore` (the webhook is read again:
+    one deleted since the event is not delivered); ``post_reply(room_jid,
+    notification)`` posts a reply (blocking; raises `room_posting.PostingError`
+    for a reply HipChat would refuse, which is logged, not retried);
+    ``rooms_domain`` is ``<rooms.service>.<domain>``.
+    """
+
+    def __init__(self, store, post_reply, *, issuer: str, rooms_domain: str, post=post_json, log=None):
+        import logging
+
+        self.store = store
+        self.post_reply = post_reply
+        self.issuer = issuer
+        self.rooms_domain = rooms_domain
+        self.post = post
+        self.log = log or logging.getLogger("hipchat.webhooks")
+
+    def __call__(self, job) -> None:
+        from hipchat_server.room_posting import PostingError
+
+        payload = job.payload
+        row = self.store.get(payload["room_id"], payload["webhook_id"])
+        if row is None:
+            self.log.info("webhook %s of room %s was deleted; event not delivered", payload["webhook_id"], payload["room_id"])
+            return
+        reply = deliver(row, payload["body"], self.issuer, self.post)
+        notification = reply_notification(reply, row.name or "Webhook")
+        if notification is None:
+            return
+        try:
+            self.post_reply(f"{payload['room']}@{self.rooms_domain}", notification)
+        except PostingError as e:
+            self.log.warning("webhook %s replied with a notification that cannot be posted: %s", row.id, e)
+
+
+MAX_WEBHOOKS_PER_ROOM = 100
+
+
+class RoomWebhooks:
+    """A room's webhooks: list, get, create (checked), delete. Blocking; the caller has checked who may.
+
+    ``store`` is a `storage.webhooks.WebhookStore`; ``forget(room_id)`` drops
+    this process's cached webhooks of the room (`events.EventDispatcher.forget`).
+    """
+
+    def __init__(self, store, *, forget=None):
+        self.store = store
+        self.forget = forget or (lambda room_id: None)
+
+    def list(self, room_id: int) -> list:
+        _, rows = self.store.room_webhooks(room_id=room_id)
+        return rows
+
+    def get(self, room_id: int, webhook_id: int):
+        return self.store.get(room_id, webhook_id)
+
+    def create(self, room_id: int, body: dict, *, created_by: int | None, oauth_client_id: str | None) -> int:
+        values = check_new_webhook(body)
+        if self.store.count_for_room(room_id) >= MAX_WEBHOOKS_PER_ROOM:
+            raise WebhookError(f"a room has at most {MAX_WEBHOOKS_PER_ROOM} webhooks")
+        webhook_id = self.store.insert(room_id=room_id, created_by=created_by, oauth_client_id=oauth_client_id, **values)
+        self.forget(room_id)
+        return webhook_id
+
+    def delete(self, room_id: int, webhook_id: int) -> bool:
+        deleted = self.store.delete(room_id, webhook_id)
+        self.forget(room_id)
+        return deleted
