@@ -19,7 +19,7 @@ only over it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -31,6 +31,7 @@ from hipchat_server.storage.message_search import (
     search_body,
     sender_buckets,
     visibility_filter,
+    visibility_filter_excluding,
 )
 
 MAX_QUERY_LENGTH = 500
@@ -175,9 +176,24 @@ def _buckets(buckets: list[dict]) -> list[tuple[str, int]]:
     return [(bucket["key"], bucket["doc_count"]) for bucket in buckets]
 
 
+# Rooms found in the index but not in MariaDB (destroyed) that a process remembers, so it stops re-running searches
+# that met them; beyond this many it simply keeps re-running them, exactly.
+MAX_GONE_ROOMS = 10_000
+
+
 class Search:
     """Runs searches for users over `storage.message_search.MessageSearchStore` and their room permissions
     (``rooms``, a `storage.room_access.RoomAccessStore`); ``run_search`` and ``run_database`` run the blocking calls.
+
+    The visibility filter names whichever side is shorter: the rooms the reader may
+    read, or those they may not (`visibility_filter_excluding`, cheaper for the usual
+    reader of most rooms). The second is exact only if it names every unreadable room
+    *in the index*, and a destroyed room's messages stay there while MariaDB forgets
+    the room; so such a search lists every room it found (``every_room``) and, if any
+    is not one the reader may read, its answer is dropped unseen and the search runs
+    again with the readable rooms. Those rooms are remembered (``gone_rooms``) and
+    named in the next searches. Permissions are read from MariaDB on every search:
+    a room made private, or a member removed, counts from the next search.
     """
 
     log = Logger()
@@ -186,13 +202,15 @@ class Search:
         self.store, self.rooms = store, rooms
         self.run_search, self.run_database = run_search, run_database
         self.domain, self.rooms_service = domain, rooms_service
+        self.gone_rooms: set[str] = set()
 
     @defer.inlineCallbacks
     def search(self, reader: str, query: SearchQuery):
         """`SearchResults` of ``query`` for ``reader`` (a bare JID); SearchError for a query OpenSearch cannot take."""
         QueryRewriter(self.domain, self.rooms_service).clause(query.text)  # a malformed query fails before any I/O
-        readable = yield self.run_database(self.rooms.readable_rooms, reader.partition("@")[0])
-        masked = [room for room, access in readable.items() if not access.real_jids]
+        access = yield self.run_database(self.rooms.rooms_by_access, reader.partition("@")[0])
+        readable = access.readable
+        masked = [room for room, room_access in readable.items() if not room_access.real_jids]
         request = SearchRequest(
             query=QueryRewriter(self.domain, self.rooms_service, masked).clause(query.text),
             visibility=visibility_filter(reader, readable),
@@ -201,13 +219,23 @@ class Search:
             offset=query.start_index,
             size=query.max_results,
         )
-        try:
-            response = yield self.run_search(self.store.search, self.store.prefix, search_body(request))
-        except SearchUnavailable as e:
-            self.log.warn("search failed: {error}", error=e)
-            raise SearchUnavailableError(str(e)) from e
-        except ValueError as e:  # OpenSearch could not parse it: say so, in its words
-            raise SearchError(f"q: {e}") from e
+        unreadable = (access.unreadable | self.gone_rooms) - readable.keys()
+        response = None
+        if len(unreadable) < len(readable):
+            excluding = replace(
+                request, visibility=visibility_filter_excluding(reader, unreadable), every_room=True
+            )
+            response = yield self._run(excluding)
+            strangers = self._unreadable_hits(response, readable)
+            if strangers is None or strangers:
+                self.log.info(
+                    "search met rooms it did not know of ({rooms}); asked again with the readable rooms",
+                    rooms=", ".join(sorted(strangers or ["more rooms than it can check"])),
+                )
+                self._remember_gone(strangers or ())
+                response = None
+        if response is None:
+            response = yield self._run(request)
         items = []
         for hit in response["hits"]["hits"]:
             record = dict(hit["_source"])
@@ -221,7 +249,32 @@ class Search:
         return SearchResults(
             total=total["value"] if isinstance(total, dict) else int(total),
             items=items,
-            rooms=_buckets(aggregations.get("rooms", {}).get("buckets", [])),
+            rooms=_buckets(aggregations.get("rooms", {}).get("buckets", [])[: request.facet_size]),
             senders=_buckets(sender_buckets(aggregations)),
             months=month_buckets(aggregations),
         )
+
+    @defer.inlineCallbacks
+    def _run(self, request: SearchRequest):
+        try:
+            response = yield self.run_search(self.store.search, self.store.prefix, search_body(request))
+        except SearchUnavailable as e:
+            self.log.warn("search failed: {error}", error=e)
+            raise SearchUnavailableError(str(e)) from e
+        except ValueError as e:  # OpenSearch could not parse it: say so, in its words
+            raise SearchError(f"q: {e}") from e
+        return response
+
+    @staticmethod
+    def _unreadable_hits(response: dict, readable) -> set[str] | None:
+        """The rooms with hits that ``readable`` lacks; None when the answer does not list every room with hits."""
+        rooms = response.get("aggregations", {}).get("rooms")
+        if rooms is None or rooms.get("sum_other_doc_count", 0) or rooms.get("doc_count_error_upper_bound", 0):
+            return None
+        return {bucket["key"] for bucket in rooms.get("buckets", []) if bucket["key"] not in readable}
+
+    def _remember_gone(self, rooms) -> None:
+        for room in rooms:
+            if len(self.gone_rooms) >= MAX_GONE_ROOMS:
+                return
+            self.gone_rooms.add(room)

@@ -31,6 +31,18 @@ class RoomAccess:
     real_jids: bool  # may see who (which account) sent each message
 
 
+@dataclass(frozen=True)
+class RoomsByAccess:
+    """Every existing room, as one user sees them: ``readable`` (by JID, with the access) and ``unreadable``.
+
+    A user unknown or deleted has neither. Rooms that no longer exist (destroyed:
+    their rows are gone) are in neither either, though the index keeps their messages.
+    """
+
+    readable: dict[str, RoomAccess]
+    unreadable: frozenset[str]
+
+
 def access_of(privacy: str, whois: str | None, affiliation: str | None) -> RoomAccess:
     """The rule itself, for a room's privacy and ``whois`` and the user's affiliation (None: none)."""
     if privacy == "private":
@@ -70,13 +82,19 @@ class RoomAccessStore:
 
     def readable_rooms(self, username: str) -> dict[str, RoomAccess]:
         """Every room ``username`` may read, by room JID."""
+        return self.rooms_by_access(username).readable
+
+    def rooms_by_access(self, username: str) -> RoomsByAccess:
+        """Every room, split into those ``username`` may read and those they may not (one read)."""
         rows = run_in_transaction(self.engine, "get_readable_rooms", lambda c: self._rows(c, username))
-        readable = {}
+        readable, unreadable = {}, set()
         for jid_node, privacy, whois, affiliation in rows:
             access = access_of(privacy, whois, affiliation)
             if access.readable:
                 readable[f"{jid_node}@{self.service}"] = access
-        return readable
+            else:
+                unreadable.add(f"{jid_node}@{self.service}")
+        return RoomsByAccess(readable, frozenset(unreadable))
 
     def access(self, username: str, room_jid: str) -> RoomAccess | None:
         """What ``username`` may do with the room ``room_jid``; None when there is no such room."""

@@ -13,14 +13,15 @@ import json
 import secrets
 import time
 import uuid
+import xml.etree.ElementTree as ET
 
 import pytest
 import requests
 
 from tests.conftest import wait_for
 from tests.e2e.test_history import REFRESH_SECONDS, send_durably_to_room, sm_member
-from tests.e2e.test_rooms import create, join, room_of
-from tests.e2e.xmpp_client import PASSWORD, run, send_durably
+from tests.e2e.test_rooms import OWNER, create, join, room_of
+from tests.e2e.xmpp_client import PASSWORD, TIMEOUT, run, send_durably
 
 INDEXING_WAIT = 30.0
 
@@ -192,3 +193,56 @@ def test_a_message_by_id_only_for_who_may_read_it(api, world):
     theirs = api.get(f"messages/{secret['id']}", world["bob"])
     assert theirs.status_code == 404 and "launch" not in theirs.text
     assert api.get("messages/01ARZ3NDEKTSV4RRFFQ69G5FAV", world["alice"]).status_code == 404
+
+
+async def configure(client, room, fields: str) -> None:
+    """Submit the owner's configuration form of ``room`` with ``fields`` (data form XML)."""
+    iq = client.make_iq_set(ito=room)
+    iq.xml.append(ET.fromstring(f"<query xmlns='{OWNER}'><x xmlns='jabber:x:data' type='submit'>{fields}</x></query>"))
+    await iq.send(timeout=TIMEOUT)
+
+
+async def destroy(client, room) -> None:
+    iq = client.make_iq_set(ito=room)
+    iq.xml.append(ET.fromstring(f"<query xmlns='{OWNER}'><destroy/></query>"))
+    await iq.send(timeout=TIMEOUT)
+
+
+def test_a_room_made_private_then_destroyed_stops_showing_at_once(endpoint, new_user, api):
+    """bob found the public room's messages; made members-only, bob's very next search finds none, alice's
+    all; destroyed, alice's very next search finds none either, though the index keeps the messages."""
+    alice, bob = new_user(), new_user()
+    token = f"tok{uuid.uuid4().hex[:8]}"
+    room = room_of(endpoint)
+
+    async def talk():
+        a, b = await sm_member(endpoint, alice), await sm_member(endpoint, bob)
+        try:
+            await create(a, room, "alice")
+            await join(b, room, "bob")
+            await send_durably_to_room(a, room, f"{token} roadmap draft")
+            await send_durably_to_room(b, room, f"{token} roadmap comments")
+        finally:
+            await a.close()
+            await b.close()
+
+    run(talk())
+    wait_for(lambda: api.search(bob, token)["total"] == 2, INDEXING_WAIT, what="the messages to be searchable")
+    time.sleep(REFRESH_SECONDS)
+
+    async def owner(action):
+        a = await sm_member(endpoint, alice)
+        try:
+            await action(a)
+        finally:
+            await a.close()
+
+    run(owner(lambda a: configure(a, room, "<field var='muc#roomconfig_membersonly'><value>1</value></field>")))
+    hidden = api.search(bob, token)
+    assert hidden["total"] == 0 and hidden["items"] == [] and room not in json.dumps(hidden)
+    assert api.search(alice, token)["total"] == 2
+
+    run(owner(lambda a: destroy(a, room)))
+    for reader in (alice, bob):
+        gone = api.search(reader, token)
+        assert gone["total"] == 0 and gone["facets"] == {"rooms": [], "senders": [], "months": []}

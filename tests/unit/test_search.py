@@ -23,10 +23,11 @@ from hipchat_server.search import (
     SearchQuery,
 )
 from hipchat_server.storage.api_tokens import TokenOwner
-from hipchat_server.storage.message_search import MAX_MONTH_BUCKETS, month_buckets
-from hipchat_server.storage.room_access import RoomAccess
+from hipchat_server.storage.message_search import MAX_MONTH_BUCKETS, MAX_ROOM_BUCKETS, month_buckets
+from hipchat_server.storage.room_access import RoomAccess, RoomsByAccess
 from hipchat_server.users import ScramCredentials, make_scram_credentials
 from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
+from tests.unit import history_fakes
 from tests.unit.history_fakes import (
     ALICE,
     BOB,
@@ -44,13 +45,19 @@ ROOMS = f"conference.{D}"
 
 
 class FakeReadableRooms:
-    """The rooms each user may read (alice: both; bob: only the public one)."""
+    """The rooms each user may read (alice: both; bob: only the public one), out of ``existing``."""
 
     def __init__(self):
         self.readable = {"alice": {ENG, SECRET}, "bob": {ENG}}
+        self.existing = {ENG, SECRET}
+        self.reads = 0
 
-    def readable_rooms(self, username):
-        return {room: RoomAccess(True, True) for room in self.readable.get(username, set())}
+    def rooms_by_access(self, username):
+        self.reads += 1
+        if username not in self.readable:
+            return RoomsByAccess({}, frozenset())  # an unknown user: no rows at all
+        readable = self.readable[username] & self.existing
+        return RoomsByAccess({room: RoomAccess(True, True) for room in readable}, frozenset(self.existing - readable))
 
 
 class MonthlyFakeOpenSearch(FakeOpenSearch):
@@ -66,17 +73,35 @@ def client():
     return MonthlyFakeOpenSearch()
 
 
+@pytest.fixture(autouse=True)
+def exists_queries(monkeypatch):
+    """The fake's matcher, taught ``exists`` (the visibility filter that names the unreadable rooms uses it)."""
+    plain = history_fakes.matches
+
+    def matches(record, query):
+        if "exists" in query:
+            return history_fakes._field(record, query["exists"]["field"]) not in (None, [])
+        return plain(record, query)
+
+    monkeypatch.setattr(history_fakes, "matches", matches)
+
+
+@pytest.fixture
+def rooms():
+    return FakeReadableRooms()
+
+
 @pytest.fixture
 def corpus(client):
     return Corpus(client, FakeRecent())
 
 
 @pytest.fixture
-def search(client):
+def search(client, rooms):
     history = make_history(client, FakeRecent())
     return Search(
         history.store,
-        FakeReadableRooms(),
+        rooms,
         run_search=synchronous,
         run_database=synchronous,
         domain=D,
@@ -182,6 +207,71 @@ def test_a_member_finds_the_private_rooms_messages(search, corpus):
     assert found.total == 5 and dict(found.rooms) == {ENG: 2, SECRET: 1}
 
 
+def test_a_reader_of_most_rooms_gets_the_filter_naming_the_rooms_they_may_not_read(search, corpus, client, rooms):
+    """carol may read three rooms of four: the filter excludes the fourth, asks for every room bucket, same answer."""
+    other, third = f"other@{ROOMS}", f"third@{ROOMS}"
+    rooms.existing |= {other, third}
+    rooms.readable["carol"] = {ENG, other, third}
+    fill(corpus)
+    corpus.add(room=other, sender=BOB, body="deploy elsewhere")
+    found = result(search.search(f"carol@{D}", SearchQuery("deploy")))
+    [body] = client.bodies()
+    visibility = body["query"]["bool"]["filter"][0]["bool"]
+    assert {"term": {"participants": f"carol@{D}"}} in visibility["should"]
+    assert {"bool": {"filter": [{"exists": {"field": "room"}}], "must_not": [{"terms": {"room": [SECRET]}}]}} in (
+        visibility["should"]
+    )
+    assert body["aggs"]["rooms"]["terms"]["size"] == MAX_ROOM_BUCKETS
+    assert found.total == 4 and dict(found.rooms) == {ENG: 2, other: 1}
+    assert {item["body"] for item in found.items} == {
+        "deploy of the api failed",
+        "deploy again please",
+        "deploy gossip",
+        "deploy elsewhere",
+    }
+
+
+def test_a_destroyed_rooms_messages_never_show_and_the_room_is_remembered(search, corpus, client, rooms):
+    """A room gone from MariaDB keeps its messages in the index: the answer that met it is dropped, unseen."""
+    gone, third, fourth = f"gone@{ROOMS}", f"third@{ROOMS}", f"fourth@{ROOMS}"
+    rooms.existing |= {third, fourth}
+    rooms.readable["carol"] = {ENG, third, fourth}
+    fill(corpus)
+    corpus.add(room=gone, sender=BOB, body="deploy in a room destroyed since")
+    found = result(search.search(f"carol@{D}", SearchQuery("deploy")))
+    assert found.total == 3 and dict(found.rooms) == {ENG: 2}
+    assert "destroyed" not in json.dumps([found.items, found.rooms, found.senders])
+    first, again = client.bodies()
+    assert first["aggs"]["rooms"]["terms"]["size"] == MAX_ROOM_BUCKETS  # the excluding filter, checked
+    assert {"terms": {"room": sorted([ENG, third, fourth])}} in again["query"]["bool"]["filter"][0]["bool"]["should"]
+    assert search.gone_rooms == {gone}
+    # Next time the destroyed room is named with the unreadable ones: one search, the same answer.
+    again_found = result(search.search(f"carol@{D}", SearchQuery("deploy")))
+    assert len(client.bodies()) == 3 and again_found.total == 3
+    excluded = client.bodies()[-1]["query"]["bool"]["filter"][0]["bool"]["should"][1]["bool"]["must_not"]
+    assert excluded == [{"terms": {"room": sorted([gone, SECRET])}}]
+
+
+def test_an_answer_that_may_not_list_every_room_is_not_trusted():
+    """Buckets left out (more rooms than asked for) or counts that may be low: the search must run again."""
+    readable = {ENG: RoomAccess(True, True)}
+    listed = {"aggregations": {"rooms": {"buckets": [{"key": ENG, "doc_count": 2}], "sum_other_doc_count": 0}}}
+    assert Search._unreadable_hits(listed, readable) == set()
+    for extra in ({"sum_other_doc_count": 3}, {"doc_count_error_upper_bound": 1}):
+        unlisted = {"aggregations": {"rooms": {**listed["aggregations"]["rooms"], **extra}}}
+        assert Search._unreadable_hits(unlisted, readable) is None
+    assert Search._unreadable_hits({"aggregations": {}}, readable) is None
+
+
+def test_permissions_are_read_on_every_search(search, corpus, rooms):
+    """A room made private (bob no longer reads it) is gone from bob's very next search: nothing is cached."""
+    fill(corpus)
+    assert result(search.search(BOB, SearchQuery("deploy"))).total == 3
+    rooms.readable["bob"] = set()
+    found = result(search.search(BOB, SearchQuery("deploy")))
+    assert found.total == 1 and found.rooms == [] and rooms.reads == 2
+
+
 def test_the_visibility_filter_is_inside_every_search_query(search, corpus, client):
     fill(corpus)
     result(search.search(BOB, SearchQuery("deploy", sort="relevance")))
@@ -250,8 +340,8 @@ def test_rooms_that_hide_accounts_never_reveal_them(client, corpus):
     corpus.add(room=ENG, sender=ALICE, body="deploy openly")
 
     class Rooms:
-        def readable_rooms(self, username):
-            return {ENG: RoomAccess(True, True), masked: RoomAccess(True, False)}
+        def rooms_by_access(self, username):
+            return RoomsByAccess({ENG: RoomAccess(True, True), masked: RoomAccess(True, False)}, frozenset())
 
     search = Search(
         make_history(client, FakeRecent()).store,
