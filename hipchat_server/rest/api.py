@@ -193,8 +193,13 @@ def authenticate(request, context: ApiContext, *, scope: str | None, public: boo
     request.api_context = context
     address = _address(request)
     authorization = None if public else _authorization(request)
-    failure_key = f"{address}|{claimed_username(authorization) or ''}"
-    if authorization and context.limiter is not None and context.limiter.blocked(failure_key):
+    # Failed logins count per address and claimed account, for Basic only: guessing one account's
+    # password is slowed down without locking out everyone else behind the same address (an office's
+    # NAT). Tokens are 238 random bits: nothing to slow down, and one bot's stale token must not
+    # lock out every other token from its address.
+    claimed = claimed_username(authorization)
+    failure_key = f"{address}|{claimed}" if claimed else None
+    if failure_key and context.limiter is not None and context.limiter.blocked(failure_key):
         _set_limit_headers(request, b"x-ratelimit", _default_state(context))
         return defer.fail(ApiError(429, "too many failed logins; wait a minute"))
     d = context.run_blocking(_identify, context, authorization, address, scope is None)
@@ -203,7 +208,7 @@ def authenticate(request, context: ApiContext, *, scope: str | None, public: boo
         caller, error, state = result
         _set_limit_headers(request, b"x-ratelimit", state or _default_state(context))
         if error is not None:
-            if authorization and context.limiter is not None:
+            if failure_key and context.limiter is not None:
                 context.limiter.record_failure(failure_key)  # on the reactor thread: the limiter is not thread-safe
             raise ApiError(401, str(error))
         if state is not None and state.exceeded:
@@ -255,6 +260,8 @@ class ApiApp(Klein):
     def _routing_error(self, request, failure):
         status = 405 if failure.check(MethodNotAllowed) else 404
         message = "method not allowed here" if status == 405 else "no such resource"
+        if status == 405 and failure.value.valid_methods:
+            request.setHeader(b"allow", ", ".join(sorted(set(failure.value.valid_methods))).encode())
 
         def answer(_):
             raise ApiError(status, message)

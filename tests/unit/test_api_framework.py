@@ -432,3 +432,10 @@ def test_the_api_config_section_is_optional_and_errors_name_the_key():
     assert ApiConfig.load({"api": {"rate_limit_requests": 10}}).rate_limit_requests == 10
     with pytest.raises(ConfigError, match="api.flood_seconds"):
         ApiConfig.load({"api": {"flood_seconds": 0}})
+
+
+def test_failed_tokens_never_lock_out_other_tokens_from_the_same_address(app):
+    """Bad Bearer tokens are not counted as failed logins: a stale bot token does not block its neighbours."""
+    for _ in range(10):
+        assert call(app, "GET", "/room/5", authorization="Bearer stale").status == 401
+    assert call(app, "GET", "/room/5", authorization="Bearer personal").status == 200
