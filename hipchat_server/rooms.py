@@ -38,6 +38,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from hipchat_server import events
 from hipchat_server.archive import body_of
 from hipchat_server.storage.rooms import Departure, Occupant, Room, RoomExists
 from hipchat_server.xmpp import muc
@@ -63,6 +64,7 @@ class RoomService:
     """
 
     log = Logger()
+    chat_server = None  # set by room_service(): events.emit announces room events through it
 
     def __init__(
         self,
@@ -258,6 +260,7 @@ class RoomService:
                 return self.refuse(connection, presence, "conflict", "that nickname is in use in this room")
             if outcome == "full":
                 return self.refuse(connection, presence, "service-unavailable", "the room is full")
+            events.emit(self.chat_server, "room_enter", room, {"sender": connection.jid.bare().full(), "nick": occupant.nick})
             occupants = yield self.read_occupants(room)
             me = occupants.get(full, occupant)
             shows_jids = config.non_anonymous or me.role == "moderator"
@@ -377,6 +380,8 @@ class RoomService:
         occupants = yield self.run_blocking(self.occupants.occupants, room)
         for departure in departures:
             recipients = list(occupants.values()) if departure.nick_freed else []
+            if departure.nick_freed:
+                events.emit(self.chat_server, "room_exit", room, {"sender": departure.occupant.bare, "nick": departure.occupant.nick})
             if own:
                 recipients.append(departure.occupant)
             self.broadcast(room, config, departure.occupant, recipients, unavailable=True, **options)
@@ -421,6 +426,7 @@ class RoomService:
             node = room.split("@", 1)[0]
             yield self.run_database(self.rooms.set_subject, node, subject, sender.nick)
             self.forget_room(node)
+            events.emit(self.chat_server, "room_topic_change", room, {"sender": sender.bare, "nick": sender.nick, "topic": subject})
         stanza = muc.reflected(message, f"{room}/{sender.nick}")
         archive, message_id = self.archive, None
         if archive is not None and muc.has_body(message):
@@ -429,6 +435,7 @@ class RoomService:
             if stored.get("duplicate"):
                 return None  # a resend (same origin-id) of a message already archived and reflected
             self._no_history_until.pop(room, None)  # it has history now
+            events.emit(self.chat_server, "room_message", room, record)  # durable: webhooks and mention mail may go
             xml, message_id = record["xml"], record["id"]
         else:
             xml = muc.serialise(stanza)
@@ -538,7 +545,7 @@ def room_service(chat_server, router) -> RoomService:
     def rebuild_history(room: str, limit: int) -> list[dict]:
         return newest_room_records(chat_server.get_opensearch_client(), alias, room, limit)
 
-    return RoomService(
+    service = RoomService(
         domain,
         rooms.service,
         RoomStore(chat_server.get_database_engine(), f"{rooms.service}.{domain}"),
@@ -549,3 +556,5 @@ def room_service(chat_server, router) -> RoomService:
         creators=rooms.creators,
         history_on_join=rooms.history_on_join,
     )
+    service.chat_server = chat_server
+    return service

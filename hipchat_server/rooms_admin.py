@@ -30,6 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from hipchat_server import events
 from hipchat_server.storage.rooms import LastOwner, Occupant, RoomExists, UnknownUser, may_change_affiliation
 from hipchat_server.xmpp import muc
 from hipchat_server.xmpp.disco import DISCO_INFO_NS, DISCO_ITEMS_NS
@@ -416,6 +417,7 @@ class RoomAdministration:
         occupants = yield self.service.run_blocking(self.service.occupants.occupants, room)
         gone = yield self.service.run_blocking(self.service.occupants.leave, room, list(occupants))
         self.service.forget_room(node)
+        yield events.emit(self.service.chat_server, "room_deleted", room, {})  # before the row (and its webhooks) go
         yield self.service.run_database(self.service.rooms.delete, node)
         config = yield self.service.room_config(room)
         destroy = muc.destroy_element(reason, alternate)

@@ -293,6 +293,28 @@ def check_spool(archive, now: float | None = None) -> Section:
     return section
 
 
+def check_jobs(redis_factory, now: float | None = None) -> Section:
+    """The background job queue: jobs waiting per kind, retries scheduled, dead letters (a warning: someone should look)."""
+    from hipchat_server.jobs import JobQueue
+
+    section = Section("jobs")
+    try:
+        counts = JobQueue(redis_factory).counts()
+    except Exception as e:
+        section.problem(f"the job queue in Redis does not answer ({type(e).__name__}: {e})")
+        return section
+    now = time.time() if now is None else now
+    section.details.update(waiting=counts.waiting, retrying=counts.retrying, dead=counts.dead, newest_dead=counts.newest_dead)
+    if counts.dead:
+        newest = counts.newest_dead or {}
+        age = f", {max(0, now - newest.get('failed_at', now)) / 60:.0f} min ago" if newest else ""
+        section.warnings.append(
+            f"{counts.dead} dead letter{'s' if counts.dead != 1 else ''} (newest: {newest.get('kind', '?')} job, "
+            f"{newest.get('error', '?')}{age}); see `hipchat-appliance jobs dead`, then `jobs retry` or `jobs drop`"
+        )
+    return section
+
+
 def collect_status(chat_server) -> StatusReport:
     config = chat_server.get_config()
     return StatusReport(
@@ -302,6 +324,7 @@ def collect_status(chat_server) -> StatusReport:
             check_redis(config.redis),
             check_mariadb(chat_server.get_database_engine()),
             check_spool(config.archive),
+            check_jobs(chat_server.get_redis_primary),
             check_disk(config.appliance.data_dirs),
         ]
     )

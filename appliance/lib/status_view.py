@@ -37,6 +37,16 @@ def render_spool(console: Console, spool) -> None:
     console.print("[bold]Message indexing[/bold]: " + "; ".join(parts))
 
 
+def render_jobs(console: Console, jobs) -> None:
+    """The background jobs line: what waits per kind, retries scheduled, dead letters."""
+    if jobs is None or "waiting" not in jobs.details:
+        return
+    d = jobs.details
+    waiting = ", ".join(f"{kind} {n}" for kind, n in d["waiting"].items())
+    dead = f"[yellow]{d['dead']} dead letters[/yellow]" if d["dead"] else "no dead letters"
+    console.print(f"[bold]Background jobs[/bold]: waiting {waiting}; {d['retrying']} retrying; {dead}")
+
+
 def render_status(console: Console, report: StatusReport) -> None:
     by_name = {s.name: s for s in report.sections}
 
@@ -79,6 +89,7 @@ def render_status(console: Console, report: StatusReport) -> None:
                   f"{mariadb.details.get('schema_revision')} (code {mariadb.details.get('code_revision')})")
 
     render_spool(console, by_name.get("spool"))
+    render_jobs(console, by_name.get("jobs"))
 
     disk = Table(title="Disk use")
     disk.add_column("data")
