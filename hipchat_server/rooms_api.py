@@ -437,7 +437,11 @@ class RoomsApi:
         caller = Caller.of(caller)
         details, archive = yield self._readable(caller, key)
         size = self.history.recent_size
-        records = yield self.history.run_redis(self.history.recent.room, archive.jid, min(limit, size))
+        try:
+            records = yield self.history.run_redis(self.history.recent.room, archive.jid, min(limit, size))
+        except Exception as e:  # Redis failing over: say so (503) instead of failing obscurely
+            self.log.warn("recent messages of {room} unavailable: {error}", room=archive.jid, error=e)
+            raise Unavailable("recent history is not available right now; try again shortly") from None
         records.sort(key=lambda record: record["id"])
         return records, archive.real_jids
 
