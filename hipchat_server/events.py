@@ -143,8 +143,13 @@ class EventDispatcher:
             raise ValueError(f"unknown event {kind!r}")
         key = room_key(room)
         queued = []
-        if kind == "room_message" and mention_names(payload.get("body", "")):
-            queued.append(self.enqueue([("mention_mail", mention_job(room, payload))]))
+        if kind == "room_message" and "@" in payload.get("body", "") and mention_names(payload["body"]):
+            mentioned = self.enqueue([("mention_mail", mention_job(room, payload))])
+            queued.append(mentioned.addErrback(lambda f: log.failure("the mention mail of a message in {room} was not queued", f, room=room)))
+        cached = self._cache.get(key)
+        if cached is not None and self.clock() - cached[0] < self.cache_seconds and not any(h.event == kind for h in cached[2]):
+            # The usual case on the message path: a room without webhooks for this event, known already.
+            return queued[0].addCallback(lambda _: None) if queued else defer.succeed(None)
         d = self._webhooks(key)
         d.addCallback(self._dispatch, kind, payload)
         d.addErrback(lambda f: log.failure("webhooks of {kind} in {room} were not queued", f, kind=kind, room=room))
