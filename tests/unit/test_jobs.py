@@ -165,3 +165,25 @@ def test_reading_recreates_a_lost_group(queue, redis_server):
     queue.enqueue("webhook", {"n": 4})
     [job] = queue.read("w", block_ms=10)
     assert job.payload == {"n": 4}
+
+
+def test_status_shows_waiting_jobs_and_warns_about_dead_letters(queue, redis_server):
+    """The "Background jobs" section: waiting per kind, retrying, dead letters as a warning naming the newest's error."""
+    from appliance.lib.status import check_jobs
+
+    queue.enqueue("webhook", {"n": 1})
+    queue.enqueue("push", {"n": 2})
+    [job, *_] = queue.read("w", count=1, block_ms=10)
+    queue.failed(job, "HTTP 410 from the receiver", permanent=True)
+    section = check_jobs(lambda: redis_server)
+    assert section.healthy
+    assert section.details["dead"] == 1 and sum(section.details["waiting"].values()) == 1
+    [warning] = section.warnings
+    assert "1 dead letter" in warning and "HTTP 410 from the receiver" in warning and "hipchat-appliance jobs dead" in warning
+
+
+def test_status_names_an_unreachable_job_queue(tmp_path):
+    from appliance.lib.status import check_jobs
+
+    section = check_jobs(lambda: redis.Redis(unix_socket_path=str(tmp_path / "none.sock")))
+    assert not section.healthy and "job queue" in section.problems[0]
