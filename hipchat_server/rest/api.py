@@ -372,8 +372,9 @@ def query_argument(request, name: str, default: str | None = None) -> str | None
 
 
 def int_argument(request, name: str, default: int) -> int:
+    """A whole-number query argument; absent: ``default``; anything else (an empty value too) is 400."""
     text = query_argument(request, name)
-    if text is None or text == "":
+    if text is None:
         return default
     try:
         return int(text)
@@ -384,7 +385,7 @@ def int_argument(request, name: str, default: int) -> int:
 def bool_argument(request, name: str, default: bool) -> bool:
     """A HipChat boolean query argument: ``true``/``false`` (also 1/0)."""
     text = query_argument(request, name)
-    if text is None or text == "":
+    if text is None:
         return default
     if text.lower() in ("true", "1"):
         return True

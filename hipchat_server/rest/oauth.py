@@ -121,22 +121,22 @@ def _token_info(context: api.ApiContext, row, token: str) -> dict:
 
 
 def _form(request) -> dict[str, str]:
-    """The grant's parameters: a JSON object, or form fields (RFC 6749's encoding) and query arguments."""
+    """The grant's parameters: a JSON object, or form fields (RFC 6749's encoding) over the query's arguments."""
     content_type = (request.getHeader(b"content-type") or b"").decode("latin-1").lower()
     if content_type.startswith("application/json"):
         body = api.json_body(request)
         return {k: v for k, v in body.items() if isinstance(v, str)}
-    args = dict(request.args)
-    if content_type.startswith("application/x-www-form-urlencoded"):
-        # Twisted parses a form body only when it came with a Content-Length (not chunked).
-        for key, values in parse_qs(api.read_body(request), keep_blank_values=True).items():
-            args.setdefault(key, values)
     form = {}
-    for key, values in args.items():
-        try:
+    try:
+        for key, values in request.args.items():
             form[key.decode("utf-8")] = values[0].decode("utf-8")
-        except UnicodeDecodeError:
-            raise api.ApiError(400, f"{key!r}: not UTF-8") from None
+        if content_type.startswith("application/x-www-form-urlencoded"):
+            # Parsed here rather than taken from request.args: Twisted parses a form only when
+            # it came with a Content-Length, and the fields must be UTF-8 text.
+            for key, values in parse_qs(api.read_body(request).decode("utf-8"), keep_blank_values=True).items():
+                form[key] = values[0]
+    except UnicodeDecodeError:
+        raise api.ApiError(400, "the form is not UTF-8") from None
     return form
 
 

@@ -221,3 +221,15 @@ def test_capabilities_document_is_plain_json():
 
 def test_hash_secret_is_sha256():
     assert hash_secret("x") == hashlib.sha256(b"x").hexdigest()
+
+
+def test_a_form_that_is_not_utf8_or_has_odd_fields_is_400_not_500(app, tokens):
+    """Found by schemathesis: percent-encoded non-ASCII field names crashed the form parsing."""
+    client = tokens.create_client("alice", "view_group")
+    header = basic(client.client_id, client.secret)
+    odd = b"%F0%98%B0%B0%C2%86=%C2%BB&grant_type=client_credentials"
+    answer = call(app, "POST", "/oauth/token", authorization=header, body=odd, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert answer.status == 200
+    bad = b"grant_type=client_credentials&scope=%FF"
+    answer = call(app, "POST", "/oauth/token", authorization=header, body=bad, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert answer.status == 400 and answer.json()["error"]["code"] == 400
