@@ -37,6 +37,8 @@ from hipchat_server.xmpp.muc import AFFILIATION_RANK
 from hipchat_server.xmpp.muc_forms import RoomConfig
 
 NAME_MAX_LENGTH = 50  # HipChat's limit for a room name
+# No control characters, and something besides spaces; the OpenAPI fragment (rooms.yaml) has the same pattern.
+NAME_PATTERN = re.compile(r"[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*")
 TOPIC_MAX_LENGTH = 250
 PRIVACIES = ("public", "private")
 MAX_HISTORY_WINDOW = 10_000  # start-index + max-results of a dated history query
@@ -168,7 +170,7 @@ class RoomsApi:
         if fields.get("owner_user_id") is not None:
             row = self.users.get_by_id(fields["owner_user_id"]) if isinstance(fields["owner_user_id"], int) else None
             if row is None or row.get("deleted_at") is not None:
-                raise Invalid("owner_user_id: no such user")
+                raise NotFound("owner_user_id: no such user")
             owner = row["username"]
         if self.rooms.details(name) is not None:
             raise Conflict(f"a room named {name!r} exists already")
@@ -193,9 +195,9 @@ class RoomsApi:
 
     @staticmethod
     def _check_name(name) -> str:
-        if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX_LENGTH or any(not c.isprintable() for c in name):
-            raise Invalid(f"name: expected 1 to {NAME_MAX_LENGTH} printable characters")
-        return name.strip()
+        if not isinstance(name, str) or len(name) > NAME_MAX_LENGTH or not NAME_PATTERN.fullmatch(name):
+            raise Invalid(f"name: expected 1 to {NAME_MAX_LENGTH} characters, not all spaces, no control characters")
+        return name
 
     @defer.inlineCallbacks
     def update(self, caller, key: str, fields: dict):
@@ -214,7 +216,7 @@ class RoomsApi:
         if isinstance(fields.get("owner"), dict) and fields["owner"].get("id") is not None:
             row = yield self.run_database(self.users.get_by_id, fields["owner"]["id"]) if isinstance(fields["owner"]["id"], int) else None
             if row is None or row.get("deleted_at") is not None:
-                raise Invalid("owner.id: no such user")
+                raise NotFound("owner.id: no such user")
             owner = row["username"]
         if config != details.room.config:
             try:
@@ -234,7 +236,7 @@ class RoomsApi:
                     )
                 )
             except UnknownUser:
-                raise Invalid("owner.id: no such user") from None
+                raise NotFound("owner.id: no such user") from None
         if config.members_only and not details.room.config.members_only:
             yield self._let_out_non_members(room)
         if archived and not details.is_archived:
@@ -338,7 +340,7 @@ class RoomsApi:
 
     def _user(self, key: str) -> dict:
         key = str(key)
-        if key.isdigit():
+        if key.isascii() and key.isdigit() and len(key) < 10:
             row = self.users.get_by_id(int(key))
         elif key.startswith("@"):
             row = self.users.get_by_mention_name(key[1:])
@@ -524,7 +526,7 @@ class RoomsApi:
 
     def share_link(self, caller, key: str, link, message) -> defer.Deferred:
         """A message sharing ``link`` (http or https), with ``message`` before it."""
-        if not isinstance(link, str) or not re.match(r"https?://[^\s]+$", link) or len(link) > 2000:
+        if not isinstance(link, str) or not re.fullmatch(r"https?://[!-~]+", link) or len(link) > 2000:
             return defer.fail(Invalid("link: expected an http or https URL"))
         if message is not None and not isinstance(message, str):
             return defer.fail(Invalid("message: expected a string"))

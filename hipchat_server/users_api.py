@@ -125,7 +125,7 @@ class UserDirectory:
         return self.run_database(self._find, id_email_or_mention, include_deleted)
 
     def _find(self, key: str, include_deleted: bool = False) -> dict:
-        if key.isdigit():
+        if key.isascii() and key.isdigit() and len(key) < 10:  # an id (INT), not "¹" or a huge number
             row = self.store.get_by_id(int(key))
         elif key.startswith("@"):
             row = self.store.get_by_mention_name(key[1:])

@@ -57,7 +57,7 @@ def register(app, context: api.ApiContext) -> None:
 
     @api.route(app, "GET", "/emoticon/<key>", scope="view_group")
     def get_emoticon(request, caller, key):
-        entry = _by_id(int(key)) if key.isdigit() else next((e for e in EMOTICONS if e[1] == key), None)
+        entry = _by_id(int(key)) if key.isascii() and key.isdigit() else next((e for e in EMOTICONS if e[1] == key), None)
         if entry is None:
             raise api.ApiError(404, f"no emoticon {key[:50]!r}")
         return emoticon(context, entry, True)

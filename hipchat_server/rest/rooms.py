@@ -127,7 +127,7 @@ ROOM_FIELDS = {
     "privacy": api.field(str, required=False, default="public", choices=("public", "private")),
     "topic": api.field(str, required=False, default="", max_length=250),
     "guest_access": api.field(bool, required=False, default=False),
-    "owner_user_id": api.field((int, str), required=False),
+    "owner_user_id": api.field(int, required=False),
 }
 UPDATE_FIELDS = {
     "name": api.field(str, required=False, max_length=50),
@@ -160,9 +160,6 @@ def register(app, context: api.ApiContext) -> None:
     @api.route(app, "POST", "/room", scope="manage_rooms")
     def create_room(request, caller):
         fields = {k: v for k, v in api.json_body(request, ROOM_FIELDS).items() if v is not None}
-        if isinstance(fields.get("owner_user_id"), str):
-            owner = fields["owner_user_id"]
-            fields["owner_user_id"] = int(owner) if owner.isdigit() else -1
         d = call(services(context).rooms.create, caller, fields)
         return d.addCallback(lambda details: (201, {"id": details.room.id, "entity_id": details.room.id, "links": {"self": api.link(context, "room", details.room.id)}}))
 
