@@ -317,7 +317,7 @@ class RoomStore:
             query = select(rooms, users.c.username.label("owner_username")).select_from(
                 rooms.outerjoin(users, users.c.id == rooms.c.owner_id)
             )
-            if id_or_name.isdigit():
+            if id_or_name.isascii() and id_or_name.isdigit() and len(id_or_name) < 10:  # an id (INT), not "¹" or a huge number
                 row = connection.execute(query.where(rooms.c.id == int(id_or_name))).mappings().first()
                 if row is not None:
                     return row
