@@ -243,7 +243,7 @@ def _room_token(api, owner, room, endpoint) -> str:
     return cli_json("token", "create", "--room", room.split("@")[0], "--label", "CI")["token"]
 
 
-NOTIFICATION_PATH = "/room/{room_id_or_name}/notification"
+NOTIFICATION_PATH = "/room/{room}/notification"
 
 
 def test_flood_control_on_room_notifications(api, member, endpoint, config):
