@@ -83,6 +83,8 @@ log = Logger()
 MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_RESULTS = 100
 MAX_MAX_RESULTS = 1000
+#: Largest start-index taken (a signed 32-bit integer): beyond it a database OFFSET overflows.
+MAX_START_INDEX = 2**31 - 1
 NO_CREDENTIALS = "send Authorization: Bearer <token>, ?auth_token=<token>, or Basic (username and password)"
 
 
@@ -488,11 +490,11 @@ def json_body(request, schema: dict[str, Field | type] | None = None) -> dict:
 
 
 def paging(request) -> tuple[int, int]:
-    """``(start-index, max-results)`` from the query: defaults 0 and 100; 400 when negative or max-results > 1000."""
+    """``(start-index, max-results)`` from the query: defaults 0 and 100; 400 when out of range (max-results > 1000)."""
     start = int_argument(request, "start-index", 0)
     count = int_argument(request, "max-results", DEFAULT_MAX_RESULTS)
-    if start < 0:
-        raise ApiError(400, "start-index: expected 0 or more")
+    if not 0 <= start <= MAX_START_INDEX:
+        raise ApiError(400, f"start-index: expected 0 to {MAX_START_INDEX}")
     if not 0 <= count <= MAX_MAX_RESULTS:
         raise ApiError(400, f"max-results: expected 0 to {MAX_MAX_RESULTS}")
     return start, count

@@ -175,7 +175,7 @@ class ApiTokenStore:
         """The id of the room with this numeric id, display name or address (JID localpart); None for none."""
 
         def work(connection):
-            if id_or_name.isdigit():
+            if id_or_name.isascii() and id_or_name.isdigit():  # "³".isdigit() is True, int("³") fails
                 found = connection.execute(select(rooms.c.id).where(rooms.c.id == int(id_or_name))).scalar()
                 if found is not None:
                     return found

@@ -407,7 +407,9 @@ def test_collections_page_with_links_and_expand(app):
     assert "expand=items" in last["links"]["self"]
 
 
-@pytest.mark.parametrize("query", ["max-results=1001", "max-results=-1", "start-index=-5", "start-index=abc"])
+@pytest.mark.parametrize(
+    "query", ["max-results=1001", "max-results=-1", "start-index=-5", "start-index=abc", "start-index=", "start-index=66940376561078239232"]
+)
 def test_paging_out_of_range_is_400(app, query):
     answer = call(app, "GET", f"/rooms?{query}", authorization=basic("bob"))
     assert answer.status == 400
