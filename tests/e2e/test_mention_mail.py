@@ -4,14 +4,16 @@ a user who is online gets none."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
 
 import pytest
 
+from tests.e2e.test_api_rooms import Api, room_name
 from tests.e2e.test_rooms import join, member
-from tests.e2e.test_webhooks import room_with_webhook, say
+from tests.e2e.test_webhooks import say
 from tests.e2e.xmpp_client import run
 
 
@@ -38,7 +40,8 @@ def delete_queued():
 def test_an_offline_mentioned_user_gets_a_mail_queued_in_the_local_relay(config, endpoint, new_user, delete_queued):
     alice, bob, carol = new_user(), new_user(), new_user()
     bob_address, carol_address = f"{bob}@e2e.example.com", f"{carol}@e2e.example.com"
-    _, jid, _ = room_with_webhook(config, alice, {"url": "http://127.0.0.1:9/unused", "event": "room_exit"})
+    api = Api(config, alice)
+    jid = api.ok("GET", f"room/{api.ok('POST', 'room', {'name': room_name()}, status=201)['id']}")["xmpp_jid"]
 
     async def scenario():
         a = await member(endpoint, alice)
@@ -48,7 +51,7 @@ def test_an_offline_mentioned_user_gets_a_mail_queued_in_the_local_relay(config,
             await say(a, jid, f"@{bob} and @{carol}: the release notes are ready")
             deadline = time.monotonic() + 60
             while not mail_to(bob_address) and time.monotonic() < deadline:
-                await __import__("asyncio").sleep(0.5)
+                await asyncio.sleep(0.5)
         finally:
             await a.close()
             await c.close()

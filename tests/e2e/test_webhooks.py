@@ -94,12 +94,31 @@ def receiver():
         r.close()
 
 
+CREATED_WEBHOOKS: list[int] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def delete_created_webhooks(chat_server):
+    """The webhooks these tests made point at receivers that are gone afterwards: delete them."""
+    yield
+    from hipchat_server.storage.database import run_in_transaction
+    from hipchat_server.storage.schema import webhooks
+
+    if CREATED_WEBHOOKS:
+        run_in_transaction(
+            chat_server.get_database_engine(),
+            "delete_e2e_webhooks",
+            lambda c: c.execute(webhooks.delete().where(webhooks.c.id.in_(CREATED_WEBHOOKS))),
+        )
+
+
 def room_with_webhook(config, owner, webhook: dict):
     """A new room of ``owner`` (Basic API caller) with one webhook: (room id, room JID, webhook id)."""
     api = Api(config, owner)
     created = api.ok("POST", "room", {"name": room_name()}, status=201)
     jid = api.ok("GET", f"room/{created['id']}")["xmpp_jid"]
     hook = api.ok("POST", f"room/{created['id']}/webhook", webhook, status=201)
+    CREATED_WEBHOOKS.append(hook["id"])
     return created["id"], jid, hook["id"]
 
 
