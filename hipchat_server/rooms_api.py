@@ -53,8 +53,12 @@ def room_node_for(name: str) -> str:
 
 def parse_date(text: str, tz_name: str | None) -> int:
     """Milliseconds since the epoch of an ISO-8601 date or time; one without an offset is in ``tz_name`` (UTC by default)."""
+    cleaned = text.strip().upper()  # RFC 3339 allows a lower-case 't' and 'z'; Python does not
+    if "T" in cleaned:
+        cleaned = cleaned.replace(" ", "+")  # an offset's '+' that arrived unencoded in the query string
+        cleaned = re.sub(r"(T\d\d:\d\d):60", r"\1:59", cleaned)  # a leap second, which Python cannot represent
     try:
-        moment = datetime.fromisoformat(text.strip().replace(" ", "+") if "T" in text else text.strip())
+        moment = datetime.fromisoformat(cleaned)
     except ValueError:
         raise Invalid(f"date: expected 'recent' or an ISO-8601 date, found {text[:40]!r}") from None
     if moment.tzinfo is None:

@@ -31,8 +31,9 @@ SCOPES = "admin_room,manage_rooms,send_message,send_notification,view_group,view
 SPARE_REQUESTS = 20
 EXAMPLES_PER_OPERATION = 25
 #: Operations whose valid-looking input may still be refused for reasons a JSON Schema cannot state
-#: (the search query's Lucene syntax rules: no wildcard at the start of a word, at most 3 of them).
-SEMANTIC_INPUT = {"searchMessages"}
+#: (the search query's Lucene syntax rules: no wildcard at the start of a word, at most 3 of them;
+#: a room history's end-date must come before its date).
+SEMANTIC_INPUT = {"searchMessages", "viewRoomHistory"}
 
 
 class TokenPool:
