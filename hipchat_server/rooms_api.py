@@ -114,19 +114,22 @@ class RoomsApi:
     def _may_administer(caller: Caller, affiliation: str) -> bool:
         return caller.is_admin or affiliation in ("owner", "admin")
 
-    def _administered(self, caller: Caller, key: str):
+    def administered(self, caller: Caller, key: str):
         details, affiliation = self._load(caller, key)
         if caller.room_id is not None or not self._may_administer(caller, affiliation):
             raise Forbidden("only the room's owners and admins, or group administrators, may do this")
         return details, affiliation
 
-    def _emit(self, kind: str, room: str, payload: dict) -> None:
+    def _emit(self, kind: str, room: str, payload: dict) -> defer.Deferred:
+        """Announce an event; fires once it is queued (never fails: an event lost is logged, the operation goes on)."""
         if self.emit is None:
-            return
+            return defer.succeed(None)
         try:
-            self.emit(kind, room, payload)
+            d = defer.maybeDeferred(self.emit, kind, room, payload)
         except Exception:
             self.log.failure("announcing {kind} in {room} failed", kind=kind, room=room)
+            return defer.succeed(None)
+        return d.addErrback(lambda f: self.log.failure("announcing {kind} in {room} failed", f, kind=kind, room=room))
 
     # Rooms.
     def page(self, caller, *, include_private: bool, include_archived: bool, start: int, limit: int) -> defer.Deferred:
@@ -207,7 +210,7 @@ class RoomsApi:
     def update(self, caller, key: str, fields: dict):
         """Change name, privacy, is_archived, is_guest_accessible, topic and owner (``{"id": ...}``), each when given."""
         caller = Caller.of(caller)
-        details, _ = yield self.run_database(self._administered, caller, key)
+        details, _ = yield self.run_database(self.administered, caller, key)
         node, room = details.room.jid_node, self.room_jid(details.room.jid_node)
         config = details.room.config
         if "name" in fields:
@@ -252,10 +255,12 @@ class RoomsApi:
     def delete(self, caller, key: str):
         """Destroy the room: its occupants get XEP-0045's destroy presence; archived messages stay in the archive."""
         caller = Caller.of(caller)
-        details, _ = yield self.run_database(self._administered, caller, key)
+        details, _ = yield self.run_database(self.administered, caller, key)
         node, room = details.room.jid_node, self.room_jid(details.room.jid_node)
         occupants = yield self.poster.read_occupants(room)
         gone = yield self.run_database(self.poster.occupants.leave, room, list(occupants))
+        # Announced (its webhook jobs queued) before the row goes: the room's webhooks are deleted with it.
+        yield self._emit("room_deleted", room, {"room": room, "by": caller.username})
         yield self.run_database(self.rooms.delete, node)
         destroy = muc.destroy_element("the room was deleted", None)
         for departure in gone:
@@ -265,7 +270,6 @@ class RoomsApi:
             yield self.poster.deliver(room, [departure.occupant], muc.serialise(presence))
         yield self.run_database(self.poster.occupants.delete_room, room)
         self.log.info("{user} deleted room {node} through the API", user=caller.username, node=node)
-        self._emit("room_deleted", room, {"room": room, "by": caller.username})
 
     @defer.inlineCallbacks
     def set_topic(self, caller, key: str, topic):
@@ -318,7 +322,7 @@ class RoomsApi:
     def add_member(self, caller, key: str, user_key: str):
         """Make a user a member (an owner or admin stays what it is)."""
         caller = Caller.of(caller)
-        details, _ = yield self.run_database(self._administered, caller, key)
+        details, _ = yield self.run_database(self.administered, caller, key)
         user = yield self.run_database(self._user, user_key)
         try:
             yield self.run_database(
@@ -331,7 +335,7 @@ class RoomsApi:
     def remove_member(self, caller, key: str, user_key: str):
         """Take a member's affiliation away; in a private room the user's sessions leave it."""
         caller = Caller.of(caller)
-        details, _ = yield self.run_database(self._administered, caller, key)
+        details, _ = yield self.run_database(self.administered, caller, key)
         user = yield self.run_database(self._user, user_key)
         try:
             yield self.run_database(self.rooms.set_affiliations, details.room.jid_node, {user["username"]: "none"}, lambda u, old, new: old != "owner")
@@ -507,12 +511,18 @@ class RoomsApi:
 
     # Posting.
     @defer.inlineCallbacks
-    def send_message(self, caller, key: str, message, extra: dict | None = None):
-        """Post a message as the calling user (named by their display name); fires with the record."""
+    def send_message(self, caller, key: str, message, extra: dict | None = None, admit=None):
+        """Post a message as the calling user (named by their display name); fires with the record.
+
+        ``admit(room_id)``, when given, runs once the room is known and may fail to refuse the
+        message (the API's flood control, counted per room whichever way the URL names it).
+        """
         caller = Caller.of(caller)
         if caller.username is None:
             raise Forbidden("a room notification token may only send notifications")
         details, _ = yield self.run_database(self._load, caller, key)
+        if admit is not None:
+            yield admit(details.room.id)
         rows = yield self.run_database(self.users.by_usernames, [caller.username])
         name = rows[caller.username]["name"] if caller.username in rows else caller.username
         try:
@@ -523,24 +533,26 @@ class RoomsApi:
             raise Invalid(str(e)) from None
 
     @defer.inlineCallbacks
-    def reply(self, caller, key: str, parent_id: str, message):
+    def reply(self, caller, key: str, parent_id: str, message, admit=None):
         """A message in reply to ``parent_id`` (a message of this room)."""
         yield self.message(caller, key, parent_id)
-        return (yield self.send_message(caller, key, message, {"parent_message_id": parent_id}))
+        return (yield self.send_message(caller, key, message, {"parent_message_id": parent_id}, admit))
 
-    def share_link(self, caller, key: str, link, message) -> defer.Deferred:
+    def share_link(self, caller, key: str, link, message, admit=None) -> defer.Deferred:
         """A message sharing ``link`` (http or https), with ``message`` before it."""
         if not isinstance(link, str) or not re.fullmatch(r"https?://[!-~]+", link) or len(link) > 2000:
             return defer.fail(Invalid("link: expected an http or https URL"))
         if message is not None and not isinstance(message, str):
             return defer.fail(Invalid("message: expected a string"))
-        return self.send_message(caller, key, f"{message} {link}" if message else link, {"link": link})
+        return self.send_message(caller, key, f"{message} {link}" if message else link, {"link": link}, admit)
 
     @defer.inlineCallbacks
-    def send_notification(self, caller, key: str, notification: Notification):
-        """Post a notification (any caller who may see the room; a room token only into its own room)."""
+    def send_notification(self, caller, key: str, notification: Notification, admit=None):
+        """Post a notification (any caller who may see the room; a room token only into its own room); ``admit`` as in `send_message`."""
         caller = Caller.of(caller)
         details, _ = yield self.run_database(self._load, caller, key)
+        if admit is not None:
+            yield admit(details.room.id)
         sender = f"{caller.username}@{self.domain}" if caller.username else None
         try:
             return (yield self.poster.post_notification(self.room_jid(details.room.jid_node), notification, sender))

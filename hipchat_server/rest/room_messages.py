@@ -49,6 +49,10 @@ def register(app, context: api.ApiContext) -> None:
     def rooms():
         return services(context).rooms
 
+    def flood_control(request):
+        """Counted per room id once the room is known, whichever way the URL names it (id, name, address)."""
+        return lambda room_id: api.flood_control(request, context, f"room:{room_id}")
+
     @defer.inlineCallbacks
     def items(records, real_jids, room):
         senders = yield rooms().senders(records) if real_jids else {}
@@ -60,8 +64,7 @@ def register(app, context: api.ApiContext) -> None:
     @defer.inlineCallbacks
     def send_message(request, caller, room):
         body = api.json_body(request, {"message": api.field(str, max_length=10_000)})
-        yield api.flood_control(request, context, f"room:{room}")
-        record = yield call(rooms().send_message, caller, room, body["message"])
+        record = yield call(rooms().send_message, caller, room, body["message"], admit=flood_control(request))
         return 201, {"id": record["id"], "timestamp": record["timestamp"]}
 
     @api.route(app, "POST", "/room/<room>/notification", scope="send_notification")
@@ -77,26 +80,23 @@ def register(app, context: api.ApiContext) -> None:
                 "from": api.field(str, required=False, max_length=MAX_LABEL_LENGTH),
             },
         )
-        yield api.flood_control(request, context, f"room:{room}")
         label = body["from"] or (caller.token_label or "")[:MAX_LABEL_LENGTH] or DEFAULT_LABEL
         notification = Notification(body["message"], body["message_format"], body["color"], body["notify"], label)
-        yield call(rooms().send_notification, caller, room, notification)
+        yield call(rooms().send_notification, caller, room, notification, admit=flood_control(request))
         return None
 
     @api.route(app, "POST", "/room/<room>/reply", scope="send_message")
     @defer.inlineCallbacks
     def reply(request, caller, room):
         body = api.json_body(request, {"message": api.field(str, max_length=10_000), "parentMessageId": api.field(str, max_length=64)})
-        yield api.flood_control(request, context, f"room:{room}")
-        yield call(rooms().reply, caller, room, body["parentMessageId"], body["message"])
+        yield call(rooms().reply, caller, room, body["parentMessageId"], body["message"], admit=flood_control(request))
         return None
 
     @api.route(app, "POST", "/room/<room>/share/link", scope="send_message")
     @defer.inlineCallbacks
     def share_link(request, caller, room):
         body = api.json_body(request, {"link": api.field(str, max_length=2000), "message": api.field(str, required=False, max_length=1000)})
-        yield api.flood_control(request, context, f"room:{room}")
-        yield call(rooms().share_link, caller, room, body["link"], body["message"])
+        yield call(rooms().share_link, caller, room, body["link"], body["message"], admit=flood_control(request))
         return None
 
     # Reading.

@@ -45,7 +45,7 @@ def administered_room(context: api.ApiContext, caller, room: str) -> defer.Defer
     from hipchat_server.users_api import Caller
 
     rooms = services(context).rooms
-    d = context.run_blocking(rooms._administered, Caller.of(caller), room)
+    d = context.run_blocking(rooms.administered, Caller.of(caller), room)
     return domain_errors(d).addCallback(lambda found: found[0].room)
 
 
