@@ -13,7 +13,11 @@ is when XEP-0198 acknowledges it) once it is written to a recipient's stream
 on this front end, confirmed written by another front end, stored offline
 (XEP-0160) in MariaDB, or answered with an error. A front end that does not
 confirm within `CONFIRM_TIMEOUT` counts as gone: the message is stored
-offline instead (it may then arrive twice, never zero times).
+offline instead (it may then arrive twice, never zero times). A message the
+archive holds (archive.py: in the spool before anything else) needs no
+confirmation: the other front end is told to keep it offline itself should
+the session be gone, and only a front end that did not take the publish at
+all leaves it to this one to store offline.
 
 Message routing follows RFC 6121 section 8.5: to a full JID that is bound,
 that session; otherwise (and to a bare JID) every available resource with a
@@ -441,12 +445,15 @@ class ClusterRouter(EchoLessRouter):
             return pending[0].addCallbacks(lambda taken: [(True, taken)], lambda failure: [(False, failure)]).addCallback(settled)
         return defer.DeferredList(pending, consumeErrors=True).addCallback(settled)
 
+    def _store_offline(self, bare: JID, message: domish.Element) -> defer.Deferred:
+        return self._store_offline_xml(bare, message.getAttribute("from", ""), message.toXml(defaultUri=CLIENT_NS))
+
     @defer.inlineCallbacks
-    def _store_offline(self, bare: JID, message: domish.Element):
+    def _store_offline_xml(self, bare: JID, sender: str, xml: str):
+        """Keep a serialised message for ``bare``'s next login: "stored", or the error condition to answer with."""
         if self.offline_store is None:
             return "service-unavailable"
-        xml = message.toXml(defaultUri=CLIENT_NS)
-        outcome = yield self.run_database(self.offline_store.store, bare.localpart, message.getAttribute("from", ""), xml)
+        outcome = yield self.run_database(self.offline_store.store, bare.localpart, sender, xml)
         if outcome == "stored":
             return "stored"
         if outcome == "full":
@@ -548,9 +555,20 @@ class ClusterRouter(EchoLessRouter):
         receivers = yield self._publish(frontend, self._delivery_payload(full, stanza))
         return 1 if receivers else 0
 
-    def _delivery_payload(self, full: JID, stanza: domish.Element, confirm: str | None = None, xml: str | None = None) -> str:
-        """A ``deliver`` item for another front end; with ``confirm`` it answers with a ``delivered`` item."""
+    def _handoff_failed(self, failure, frontend: str) -> bool:
+        self.log.failure("publishing to {frontend} failed", failure, frontend=frontend)
+        return False
+
+    def _delivery_payload(
+        self, full: JID, stanza: domish.Element, confirm: str | None = None, xml: str | None = None, offline_from: str | None = None
+    ) -> str:
+        """A ``deliver`` item for another front end; with ``confirm`` it answers with a ``delivered`` item.
+
+        With ``offline_from`` (the stanza's sender), that front end stores the stanza offline when the session is gone.
+        """
         item = {"kind": "deliver", "to": str(full), "xml": xml if xml is not None else stanza.toXml(defaultUri=CLIENT_NS)}
+        if offline_from is not None:
+            item["offline_from"] = offline_from
         if confirm is not None:
             item.update(confirm=confirm, origin=self.directory.frontend_id)
         return json.dumps(item)
@@ -565,6 +583,11 @@ class ClusterRouter(EchoLessRouter):
             if recipient is not None:
                 recipient.deliver(xml if xml is not None else stanza)
             return defer.succeed(recipient is not None)
+        if xml is not None:
+            # Archived (durable) already: the other front end keeps it offline itself if the session is
+            # gone, so no confirmation has to come back through Redis for every message.
+            payload = self._delivery_payload(full, stanza, xml=xml, offline_from=stanza.getAttribute("from", ""))
+            return self._publish(frontend, payload).addCallbacks(lambda receivers: receivers > 0, self._handoff_failed, errbackArgs=(frontend,))
         token = f"{self.directory.frontend_id}#{next(self._confirmation_ids)}"
         confirmed = defer.Deferred()
         self._awaiting_confirmation[token] = confirmed
@@ -617,10 +640,15 @@ class ClusterRouter(EchoLessRouter):
 
     def _published_delivery(self, item: dict) -> None:
         recipient = self.sessions.get(parse_jid(item["to"]))
-        if recipient is None:
-            self.log.info("dropped a stanza for {to}: the session ended", to=item["to"])
-        else:
+        if recipient is not None:
             recipient.deliver(item["xml"])
+        elif item.get("offline_from") is not None:
+            bare = parse_jid(item["to"]).bare()
+            self.log.info("the session {to} ended: its message is kept offline", to=item["to"])
+            d = self._store_offline_xml(bare, item["offline_from"], item["xml"])
+            d.addErrback(lambda f: self.log.failure("keeping a message for {bare} offline failed (it is in the archive)", f, bare=bare))
+        else:
+            self.log.info("dropped a stanza for {to}: the session ended", to=item["to"])
         if item.get("confirm"):
             confirmation = json.dumps({"kind": "delivered", "token": item["confirm"], "ok": recipient is not None})
             d = self._publish(item["origin"], confirmation)

@@ -536,3 +536,48 @@ def test_disco_info_of_ones_own_account_names_its_archive():
     identity = next(c for c in query.elements() if c.name == "identity")
     assert (identity["category"], identity["type"]) == ("account", "registered")
     assert "urn:xmpp:mam:2" in {c["var"] for c in query.elements() if c.name == "feature"}
+
+
+def test_an_archived_message_for_another_front_end_needs_no_confirmation():
+    """Durable in the spool already: once another front end took the publish, the sender's Deferred fires."""
+    from tests.unit.test_archive import make_archive
+
+    router, sessions, directory = make_router()
+    router.archive, spool, _ = make_archive()
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    directory.add(f"bob@{DOMAIN}", "phone", "fe-2")
+    durable = router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", "handed over"))
+    assert directory.published == [] and not fired(durable)
+    spool.commit()
+    [(frontend, item)] = directory.published
+    assert frontend == "fe-2" and "confirm" not in item and item["offline_from"] == str(alice.jid)
+    assert spool.committed[0]["id"] in item["xml"]
+    assert fired(durable)
+    assert router.offline_store.kept == {}
+
+
+def test_the_receiving_front_end_keeps_an_archived_message_offline_when_the_session_is_gone():
+    """The other front end's session ended before the message came: that front end stores it for the next login."""
+    router, _, _ = make_router()
+    item = {"kind": "deliver", "to": f"bob@{DOMAIN}/phone", "xml": "<message to='bob@example.com'><body>late</body></message>", "offline_from": f"alice@{DOMAIN}/laptop"}
+    router.deliver_published(json.dumps(item))
+    [kept] = router.offline_store.kept["bob"]
+    assert "late" in kept.stanza
+    # Without offline_from (a stanza that is not archived) a gone session drops it, as before.
+    router.deliver_published(json.dumps(dict(item, offline_from=None)))
+    assert len(router.offline_store.kept["bob"]) == 1
+
+
+def test_an_archived_message_no_front_end_took_is_stored_offline_by_the_sender_front_end():
+    from tests.unit.test_archive import make_archive
+
+    router, sessions, directory = make_router()
+    router.archive, spool, _ = make_archive()
+    directory.subscribers = 0
+    alice = bind(router, sessions, f"alice@{DOMAIN}/laptop")
+    directory.add(f"bob@{DOMAIN}", "phone", "fe-dead")
+    durable = router.stanza_from_client(alice, chat(str(alice.jid), f"bob@{DOMAIN}", "nobody listening"))
+    spool.commit()
+    assert fired(durable)
+    [kept] = router.offline_store.kept["bob"]
+    assert "nobody listening" in kept.stanza
