@@ -2,7 +2,8 @@
 
 Plain threads and the blocking opensearch-py client, no reactor: one thread
 drains the spools, one keeps the month indices (next month created ahead of
-time, expired months deleted, at start and then hourly). SIGTERM lets the
+time, expired months deleted, finished months merged into one segment per
+shard, at start and then hourly). SIGTERM lets the
 bulk request in flight finish and its positions be saved before the process
 exits; kill -9 loses nothing either, since the spool is only cut behind what
 OpenSearch acknowledged, and what is sent again keeps its document id.
@@ -29,13 +30,15 @@ MONTHS_RETRY_SECONDS = 60.0  # the cluster was down at the last attempt
 
 
 def keep_months(index: MessageIndex, retention_months: int, stopping: threading.Event) -> None:
-    """Run `MessageIndex.maintain_months` now and then hourly (a minute after a failure) until ``stopping``."""
+    """Run `MessageIndex.maintain_months` and `compact_finished_months` now and then hourly (a minute after a failure) until ``stopping``."""
     while not stopping.is_set():
         try:
-            index.maintain_months(datetime.now(timezone.utc), retention_months)
+            now = datetime.now(timezone.utc)
+            index.maintain_months(now, retention_months)
+            index.compact_finished_months(now)
             wait = MONTHS_INTERVAL_SECONDS
         except Exception as e:
-            log.warning("cannot create or expire the month indices (%s: %s); trying again in %.0f s", type(e).__name__, e, MONTHS_RETRY_SECONDS)
+            log.warning("cannot create, expire or merge the month indices (%s: %s); trying again in %.0f s", type(e).__name__, e, MONTHS_RETRY_SECONDS)
             wait = MONTHS_RETRY_SECONDS
         stopping.wait(wait)
 

@@ -12,7 +12,7 @@ from opensearchpy.exceptions import RequestError
 
 from hipchat_server import indexing
 from hipchat_server.indexing import STATUS_FILE, IndexingStats, SpoolIndexer, percentile, read_status
-from hipchat_server.storage.message_index import MessageIndex, add_months, expired_indices, months_to_create
+from hipchat_server.storage.message_index import MessageIndex, add_months, expired_indices, finished_months, months_to_create
 from hipchat_server.storage.spool import FRAME_HEADER, Spool, encode_frame
 from hipchat_server.storage.spool_tail import Position, backlog_bytes, first_unindexed, read_frames_from
 
@@ -52,7 +52,7 @@ def write_segment(directory, number: int, records: list[dict], extra: bytes = b"
 class FakeIndices:
     def __init__(self, existing=()):
         self.existing = set(existing)
-        self.created, self.deleted = [], []
+        self.created, self.deleted, self.merged, self.refreshed = [], [], [], []
 
     def create(self, index, request_timeout):
         if index in self.existing:
@@ -70,6 +70,26 @@ class FakeIndices:
     def delete(self, index, request_timeout):
         self.existing.discard(index)
         self.deleted.append(index)
+
+    def forcemerge(self, index, max_num_segments, request_timeout):
+        self.merged.append((index, max_num_segments))
+
+    def refresh(self, index, request_timeout):
+        self.refreshed.append(index)
+
+
+class FakeCat:
+    """``_cat/indices`` answers: index -> (primaries, replicas, segments over every copy)."""
+
+    def __init__(self, segments: dict[str, tuple[int, int, int]]):
+        self.segments = segments
+
+    def indices(self, index, h, format, request_timeout):
+        return [
+            {"index": name, "pri": str(pri), "rep": str(rep), "segments.count": str(count)}
+            for name, (pri, rep, count) in self.segments.items()
+            if name in index.split(",")
+        ]
 
 
 class FakeOpenSearch:
@@ -516,3 +536,25 @@ def test_a_backlog_is_drained_without_pauses(spool_dir, client, monkeypatch):
     indexer.run()
     assert [len(ids) for ids in client.requests] == [4, 4, 4]
     assert indexer.stopping.pauses == [indexing.IDLE_POLL_SECONDS]
+
+
+def test_a_month_is_finished_a_day_after_it_ended():
+    """Late messages of a month arrive in its next day's first hours; only then is it merged."""
+    names = ["messages-2026.10", "messages-2026.11", "messages-2026.12", "messages-old"]
+    assert finished_months("messages", names, datetime(2026, 12, 1, 20, 0, tzinfo=timezone.utc)) == ["messages-2026.10"]
+    assert finished_months("messages", names, datetime(2026, 12, 2, 0, 1, tzinfo=timezone.utc)) == ["messages-2026.10", "messages-2026.11"]
+    assert finished_months("messages", ["messages-2025.12"], datetime(2026, 1, 2, 1, 0, tzinfo=timezone.utc)) == ["messages-2025.12"]
+
+
+def test_finished_months_with_more_than_one_segment_per_shard_copy_are_merged(client):
+    """Merged into one segment per shard; months already merged, and the current one, are left alone."""
+    client.indices = FakeIndices(existing={"messages-2026.09", "messages-2026.10", "messages-2026.11", "messages-2026.12"})
+    client.cat = FakeCat({
+        "messages-2026.09": (2, 1, 4),  # merged already: 2 primaries and their replicas, one segment each
+        "messages-2026.10": (2, 1, 37),
+        "messages-2026.11": (2, 1, 40),  # this month: still written
+    })
+    merged = MessageIndex(client, "messages").compact_finished_months(datetime(2026, 11, 26, tzinfo=timezone.utc))
+    assert merged == ["messages-2026.10"]
+    assert client.indices.merged == [("messages-2026.10", 1)]
+    assert client.indices.refreshed == ["messages-2026.10"]
