@@ -108,12 +108,7 @@ class ApiTokens:
     def create_personal(self, username: str, scopes, *, label: str = "", expires_days: int | None = None) -> IssuedToken:
         """A personal token of ``username`` with ``scopes`` (within what the account allows)."""
         user = self._user(username)
-        scopes = parse_scopes(scopes)
-        if not scopes:
-            raise TokenError("name at least one scope")
-        beyond = [s for s in scopes if s not in scopes_allowed(user.is_admin)]
-        if beyond:
-            raise TokenError(f"{username} is not an administrator: a token of theirs cannot hold {', '.join(beyond)}")
+        scopes = self._scopes_of(user, username, scopes, "a token of theirs")
         if expires_days is not None and expires_days < 1:
             raise TokenError("--expires-days: expected 1 or more")
         expires_at = self.now() + timedelta(days=expires_days) if expires_days else None
@@ -126,6 +121,17 @@ class ApiTokens:
             raise TokenError(f"no room {room!r}")
         user_id = self._user(username).id if username else None
         return self._issue(user_id=user_id, room_id=room_id, scopes=["send_notification"], label=self._label(label))
+
+    @staticmethod
+    def _scopes_of(user, username: str, scopes, holder: str) -> list[str]:
+        """``scopes`` parsed, at least one, and none beyond what ``user``'s account allows (TokenError naming them)."""
+        scopes = parse_scopes(scopes)
+        if not scopes:
+            raise TokenError("name at least one scope")
+        beyond = [s for s in scopes if s not in scopes_allowed(user.is_admin)]
+        if beyond:
+            raise TokenError(f"{username} is not an administrator: {holder} cannot hold {', '.join(beyond)}")
+        return scopes
 
     def _issue(self, **values) -> IssuedToken:
         token = new_secret()
@@ -147,12 +153,7 @@ class ApiTokens:
 
     def create_client(self, username: str, scopes, *, label: str = "") -> NewClient:
         user = self._user(username)
-        scopes = parse_scopes(scopes)
-        if not scopes:
-            raise TokenError("name at least one scope")
-        beyond = [s for s in scopes if s not in scopes_allowed(user.is_admin)]
-        if beyond:
-            raise TokenError(f"{username} is not an administrator: a client acting for them cannot hold {', '.join(beyond)}")
+        scopes = self._scopes_of(user, username, scopes, "a client acting for them")
         client_id, secret = _client_id(), new_secret()
         self.clients.insert(client_id=client_id, secret_hash=hash_secret(secret), label=self._label(label), user_id=user.id, scopes=scopes)
         return NewClient(client_id, secret, scopes)
