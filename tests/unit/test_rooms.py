@@ -33,86 +33,13 @@ ADMIN_NS, OWNER_NS, USER_NS = muc.MUC_ADMIN_NS, muc.MUC_OWNER_NS, muc.MUC_USER_N
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
 
 
-# An in-memory Redis: the commands OccupantStore uses, with pipelines and WATCH/MULTI.
-class FakeRedis:
-    def __init__(self):
-        self.data: dict[str, object] = {}
-
-    def _hash(self, key):
-        return self.data.setdefault(key, {})
-
-    def _tidy(self, key):
-        if not self.data.get(key):
-            self.data.pop(key, None)
-
-    def hget(self, key, field):
-        return self.data.get(key, {}).get(field)
-
-    def hset(self, key, field, value):
-        self._hash(key)[field] = value
-
-    def hdel(self, key, *fields):
-        removed = sum(self._hash(key).pop(f, None) is not None for f in fields)
-        self._tidy(key)
-        return removed
-
-    def hgetall(self, key):
-        return dict(self.data.get(key, {}))
-
-    def hlen(self, key):
-        return len(self.data.get(key, {}))
-
-    def hexists(self, key, field):
-        return field in self.data.get(key, {})
-
-    def sadd(self, key, *members):
-        self.data.setdefault(key, set()).update(members)
-
-    def srem(self, key, *members):
-        self.data.get(key, set()).difference_update(members)
-        self._tidy(key)
-
-    def smembers(self, key):
-        return set(self.data.get(key, set()))
-
-    def delete(self, *keys):
-        for key in keys:
-            self.data.pop(key, None)
-
-    def pipeline(self, transaction=True):
-        return FakePipeline(self)
-
-
-class FakePipeline:
-    def __init__(self, redis):
-        self.redis, self.queue, self.watching, self.explicit_transaction = redis, [], False, False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def watch(self, *keys):
-        self.watching = True
-
-    def multi(self):
-        self.explicit_transaction = True
-
-    def execute(self):
-        queued, self.queue = self.queue, []
-        return [method(*args) for method, args in queued]
-
-    def __getattr__(self, name):
-        method = getattr(self.redis, name)
-        if self.watching and not self.explicit_transaction:
-            return method  # WATCH mode: commands run at once
-
-        def queue(*args):
-            self.queue.append((method, args))
-            return self
-
-        return queue
+@pytest.fixture(autouse=True)
+def room_redis(redis_server):
+    """Occupants live in a real (throwaway) Redis: its WATCH transactions and scripts are what runs."""
+    redis_server.flushdb()
+    World.redis = redis_server
+    yield redis_server
+    World.redis = None
 
 
 class FakeRecent:
@@ -224,6 +151,8 @@ class Front:
 
 
 class World:
+    redis = None  # set by the room_redis fixture
+
     def __init__(self, **options):
         engine = create_engine("sqlite://", future=True)
         metadata.create_all(engine, tables=[users, rooms, room_members])
@@ -232,7 +161,6 @@ class World:
                 c.execute(users.insert().values(name=name, mention_name=name, email=f"{name}@example.com", username=name, is_admin=name == "dave"))
         self.engine = engine
         self.rooms = RoomStore(engine, SERVICE)
-        self.redis = FakeRedis()
         self.occupants = OccupantStore(self.redis)
         self.recent = FakeRecent()
         self.archive = FakeArchive(self.recent)
