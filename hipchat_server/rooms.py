@@ -134,27 +134,28 @@ class RoomService:
         and runs commands in the order asked: a read queued after a message's
         push onto the room's recent list sees Redis after that push.
         """
-        writer = self.router.publisher
-        if writer is None:
-            return self.run_blocking(self.occupants.occupants, room)
-        d = writer.submit(lambda pipe: self.occupants.occupants_command(pipe, room))
-        return d.addCallback(lambda replies: self.occupants.occupants_from(replies[0]))
-
-    def read_recent(self, room: str) -> defer.Deferred:
-        """The room's recent list (up to the history on join), read like `read_occupants`."""
-        writer = self.router.publisher
-        if writer is None:
-            return self.run_blocking(self.recent.room, room, self.history_on_join)
-        d = writer.submit(lambda pipe: self.recent.room_command(pipe, room, self.history_on_join))
-        return d.addCallback(lambda replies: self.recent.records_from(replies[0]))
+        occupants = self.occupants
+        return self._read(lambda pipe: occupants.occupants_command(pipe, room), occupants.occupants_from, occupants.occupants, room)
 
     def read_occupant(self, room: str, full: str) -> defer.Deferred:
         """`OccupantStore.occupant`, read like `read_occupants`."""
+        occupants = self.occupants
+        return self._read(
+            lambda pipe: occupants.occupant_command(pipe, room, full), lambda raw: occupants.occupant_from(full, raw), occupants.occupant, room, full
+        )
+
+    def read_recent(self, room: str) -> defer.Deferred:
+        """The room's recent list (up to the history on join), read like `read_occupants`."""
+        recent, limit = self.recent, self.history_on_join
+        return self._read(lambda pipe: recent.room_command(pipe, room, limit), recent.records_from, recent.room, room, limit)
+
+    def _read(self, command, parse, blocking, *args) -> defer.Deferred:
+        """One Redis read: ``command(pipe)`` queued on the ordered writer and its reply made into a result by
+        ``parse``; without a writer (unit tests), ``blocking(*args)`` in the Redis thread pool."""
         writer = self.router.publisher
         if writer is None:
-            return self.run_blocking(self.occupants.occupant, room, full)
-        d = writer.submit(lambda pipe: self.occupants.occupant_command(pipe, room, full))
-        return d.addCallback(lambda replies: self.occupants.occupant_from(full, replies[0]))
+            return self.run_blocking(blocking, *args)
+        return writer.submit(command).addCallback(lambda replies: parse(replies[0]))
 
     def run_database(self, f, *args) -> defer.Deferred:
         """MariaDB (and OpenSearch) calls, in the router's database pool."""

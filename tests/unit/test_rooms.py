@@ -17,6 +17,7 @@ from twisted.words.xish import domish
 from hipchat_server.archive import MessageArchive, MessageIds
 from hipchat_server.rooms import RoomService
 from hipchat_server.routing import ClusterRouter
+from hipchat_server.storage.recent import RecentMessages
 from hipchat_server.storage.rooms import OccupantStore, RoomStore, may_change_affiliation
 from hipchat_server.storage.schema import metadata, room_members, rooms, users
 from hipchat_server.storage.spool import SpoolError
@@ -46,6 +47,7 @@ class FakeRecent:
     """RecentMessages over a dict: each room's records newest first."""
 
     size = 75
+    records_from = staticmethod(RecentMessages.records_from)
 
     def __init__(self):
         self.lists: dict[str, list[dict]] = {}
