@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from hipchat_server.html_sanitizing import plain_text, sanitize
+from hipchat_server.rooms_fanout import MUC_DELIVER, by_frontend, muc_deliver_item
 from hipchat_server.storage.sessions import SessionDirectory
 from hipchat_server.xmpp.xml_parser import CLIENT_NS
 
@@ -167,13 +168,10 @@ class RoomPoster:
 
     def deliver(self, room: str, recipients, xml: str, message_id: str | None = None) -> defer.Deferred:
         """Send ``xml`` (a room stanza without ``to``) to ``recipients`` (occupants): one muc_deliver item per front end."""
-        by_frontend: dict[str, list[str]] = {}
-        for occupant in recipients:
-            by_frontend.setdefault(occupant.frontend, []).append(occupant.full)
         published = []
-        for frontend, fulls in sorted(by_frontend.items()):
-            item = json.dumps({"kind": "muc_deliver", "room": room, "xml": xml, "to": sorted(fulls), "id": message_id})
-            d = self.writer.publish(SessionDirectory.channel_of(frontend), item)
+        for frontend, fulls in sorted(by_frontend(recipients).items()):
+            item = dict(muc_deliver_item(room, xml, sorted(fulls), message_id), kind=MUC_DELIVER)
+            d = self.writer.publish(SessionDirectory.channel_of(frontend), json.dumps(item))
             d.addCallback(self._published, room, frontend)
             published.append(d)
         return defer.gatherResults(published, consumeErrors=True)

@@ -43,7 +43,7 @@ from hipchat_server.archive import body_of
 from hipchat_server.storage.rooms import Departure, Occupant, Room, RoomExists
 from hipchat_server.xmpp import muc
 from hipchat_server.xmpp.errors import stanza_error_reply
-from hipchat_server.rooms_fanout import jid_of
+from hipchat_server.rooms_fanout import MUC_DELIVER, jid_of
 from hipchat_server.xmpp.jid import JID
 from hipchat_server.xmpp.muc import AFFILIATION_RANK, MucError
 from hipchat_server.xmpp.muc_forms import RoomConfig
@@ -104,7 +104,7 @@ class RoomService:
         """Take every stanza to the rooms service, the end of every session, and other front ends' room deliveries."""
         router.register_domain_handler(self.service, self.stanza_from_client)
         router.on_session_ended(self.session_ended)
-        router.on_published("muc_deliver", self.fanout.published)
+        router.on_published(MUC_DELIVER, self.fanout.published)
 
     def register_iq_handler(self, namespace: str, name: str, handler) -> None:
         """Have ``handler(connection, iq, target)`` answer iq get/set with a ``{namespace}name`` child sent to a room (MAM)."""

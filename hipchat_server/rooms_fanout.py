@@ -28,6 +28,22 @@ from hipchat_server.xmpp.jid import JID
 
 Waiting = list[tuple[str, "str | None"]]  # (stanza without 'to', message id)
 
+# The kind of published item that carries a room stanza to another front end's sessions.
+MUC_DELIVER = "muc_deliver"
+
+
+def muc_deliver_item(room: str, xml: str, fulls: list[str], message_id: str | None) -> dict:
+    """The ``muc_deliver`` payload `RoomFanout.published` reads: ``xml`` (no ``to``) for sessions ``fulls`` of ``room``."""
+    return {"room": room, "xml": xml, "to": fulls, "id": message_id}
+
+
+def by_frontend(recipients: Iterable[Occupant]) -> dict[str, list[str]]:
+    """The recipients' full JIDs grouped by the front end holding their session."""
+    grouped: dict[str, list[str]] = {}
+    for occupant in recipients:
+        grouped.setdefault(occupant.frontend, []).append(occupant.full)
+    return grouped
+
 
 def jid_of(full: str) -> JID:
     """A JID from text that was prepared already (it came from a bound session): no stringprep again."""
@@ -49,16 +65,12 @@ class RoomFanout:
 
     def send(self, room: str, recipients: Iterable[Occupant], xml: str, message_id: str | None = None) -> None:
         """Send ``xml`` (no ``to``) to each recipient session: directly here, one published item per other front end."""
-        here = self.router.frontend_id
-        remote: dict[str, list[str]] = {}
-        for occupant in recipients:
-            if occupant.frontend == here:
-                self.deliver_here(room, occupant.full, xml, message_id)
-            else:
-                remote.setdefault(occupant.frontend, []).append(occupant.full)
+        remote = by_frontend(recipients)
+        for full in remote.pop(self.router.frontend_id, ()):
+            self.deliver_here(room, full, xml, message_id)
         for frontend, fulls in remote.items():
-            item = {"room": room, "xml": xml, "to": fulls, "id": message_id}
-            d = self.router.publish_to_frontend(frontend, "muc_deliver", item)
+            item = muc_deliver_item(room, xml, fulls, message_id)
+            d = self.router.publish_to_frontend(frontend, MUC_DELIVER, item)
             d.addCallbacks(self._published_to, self._publish_failed, callbackArgs=(room, frontend, fulls), errbackArgs=(frontend,))
 
     def _published_to(self, receivers: int, room: str, frontend: str, fulls: list[str]) -> None:
