@@ -16,6 +16,7 @@ Every blocking store call runs through ``run_database``; methods return Deferred
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import secrets
@@ -28,6 +29,7 @@ from twisted.words.xish import domish
 from hipchat_server import users as accounts
 from hipchat_server.storage.sessions import SessionDirectory
 from hipchat_server.storage.users import DuplicateKeyError
+from hipchat_server.xmpp.stanzas import stanza_from_xml
 from hipchat_server.xmpp.xml_parser import CLIENT_NS
 
 
@@ -96,6 +98,43 @@ def user_view(row: dict, domain: str) -> dict:
     }
 
 
+# XMPP <show/> values are HipChat's; a plain available presence is shown as "chat" (free to talk).
+PRESENCE_SHOWS = ("away", "chat", "dnd", "xa")
+
+
+def presence_view(available: dict[str, tuple[int, str]]) -> dict:
+    """HipChat's presence object from a user's available resources (`PresenceStore.available`).
+
+    The highest-priority resource speaks for the user, as XMPP routing would
+    pick it; a user with no available resource is offline.
+    """
+    if not available:
+        return {"status": None, "idle": None, "show": None, "client": None, "is_online": False}
+    _, xml = max(available.values(), key=lambda entry: entry[0])
+    stanza = stanza_from_xml(xml)
+    show = _child_text(stanza, "show")
+    return {
+        "status": _child_text(stanza, "status"),
+        "idle": None,
+        "show": show if show in PRESENCE_SHOWS else "chat",
+        "client": None,
+        "is_online": True,
+    }
+
+
+def _child_text(stanza, name: str) -> str | None:
+    for child in stanza.elements():
+        if child.name == name:
+            return str(child) or None
+    return None
+
+
+def _iso_ms(epoch_ms: int | None) -> str | None:
+    if epoch_ms is None:
+        return None
+    return _iso(datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.timezone.utc))
+
+
 def _iso(moment) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%S+00:00") if moment is not None else None
 
@@ -112,8 +151,22 @@ class UserDirectory:
 
     log = Logger()
 
-    def __init__(self, store, *, domain: str, run_database):
+    def __init__(self, store, *, domain: str, run_database, presences=None):
         self.store, self.domain, self.run_database = store, domain, run_database
+        self.presences = presences  # a storage.presence.PresenceStore; None: presence unknown
+
+    def presence(self, username: str) -> defer.Deferred:
+        """``{"presence": ..., "last_active": ...}`` of ``username`` for its user object (both None when unknown)."""
+        if self.presences is None:
+            return defer.succeed({"presence": None, "last_active": None})
+        d = self.run_database(self.presences.available_and_last_active, f"{username}@{self.domain}")
+        d.addCallback(lambda found: {"presence": presence_view(found[0]), "last_active": _iso_ms(found[1])})
+        return d.addErrback(self._presence_unknown, username)
+
+    def _presence_unknown(self, failure, username: str) -> dict:
+        # Redis failing over: the user object is still worth answering, without presence.
+        self.log.warn("presence of {user} unknown: {error}", user=username, error=failure.getErrorMessage())
+        return {"presence": None, "last_active": None}
 
     # Reading.
     def page(self, *, include_guests: bool, include_deleted: bool, start: int, limit: int) -> defer.Deferred:
@@ -297,10 +350,16 @@ def user_delivery(chat_server) -> UserDelivery:
 def user_directory(chat_server) -> UserDirectory:
     from twisted.internet import threads
 
+    from hipchat_server.storage.presence import PresenceStore
     from hipchat_server.storage.users import UserStore
 
     config = chat_server.get_config()
-    return UserDirectory(UserStore(chat_server.get_database_engine()), domain=config.server.domain, run_database=threads.deferToThread)
+    return UserDirectory(
+        UserStore(chat_server.get_database_engine()),
+        domain=config.server.domain,
+        run_database=threads.deferToThread,
+        presences=PresenceStore(chat_server.get_redis_primary()),
+    )
 
 
 def private_messages(chat_server) -> PrivateMessages:

@@ -21,10 +21,11 @@ USER_FIELDS = {
 UPDATE_FIELDS = {name: api.field(spec.type, required=False, max_length=spec.max_length) for name, spec in USER_FIELDS.items()}
 
 
-def full_user(context, row: dict) -> dict:
+def full_user(context, row: dict, activity: dict) -> dict:
+    """HipChat's user object; ``activity`` is `UserDirectory.presence`'s answer (presence and last_active)."""
     body = user_view(row, context.domain)
     body.pop("username")
-    body["presence"] = None
+    body.update(activity)
     body["links"] = {"self": api.link(context, "user", row["id"])}
     return body
 
@@ -68,8 +69,11 @@ def register(app, context: api.ApiContext) -> None:
         return d.addCallback(lambda row: (201, {"id": row["id"], "entity_id": row["id"], "links": {"self": api.link(context, "user", row["id"])}}))
 
     @api.route(app, "GET", "/user/<user>", scope="view_group")
+    @defer.inlineCallbacks
     def get_user(request, caller, user):
-        return call(users().find, user).addCallback(lambda row: full_user(context, row))
+        row = yield call(users().find, user)
+        activity = yield users().presence(row["username"])
+        return full_user(context, row, activity)
 
     @api.route(app, "PUT", "/user/<user>", scope="admin_group")
     def update_user(request, caller, user):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -100,3 +101,31 @@ def test_emoticons_are_listed_and_found_by_shortcut(config, new_user):
     shipit = api.ok("GET", "emoticon/shipit")
     assert api.ok("GET", f"emoticon/{shipit['id']}")["shortcut"] == "shipit"
     assert api.get("emoticon/nope").status_code == 404
+
+
+def test_a_users_presence_and_last_active_follow_their_xmpp_client(config, endpoint, new_user):
+    """The user object shows the XMPP presence (show, status, online) and the time of the last change."""
+    watcher, dana = Api(config, new_user()), new_user()
+    dana_id = watcher.ok("GET", f"user/@{dana}")["id"]
+    never_seen = watcher.ok("GET", f"user/{dana_id}")
+    assert never_seen["presence"]["is_online"] is False and never_seen["last_active"] is None
+
+    async def scenario():
+        client, ok = await login(endpoint, dana)
+        assert ok
+        try:
+            client.send_presence(pshow="dnd", pstatus="in a review")
+            await asyncio.sleep(0.5)
+            online = await in_thread(watcher.ok, "GET", f"user/{dana_id}")
+            assert online["presence"] == {"status": "in a review", "idle": None, "show": "dnd", "client": None, "is_online": True}
+            assert online["last_active"] is not None
+            return online["last_active"]
+        finally:
+            await client.close()
+
+    while_online = run(scenario())
+    deadline = time.monotonic() + TIMEOUT
+    while (after := watcher.ok("GET", f"user/{dana_id}"))["presence"]["is_online"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert after["presence"]["is_online"] is False
+    assert after["last_active"] >= while_online

@@ -226,3 +226,17 @@ def test_dates_and_names():
     with pytest.raises(Invalid):
         parse_date("yesterday", None)
     assert room_node_for("Ops Room #1!") == "ops_room_1"
+
+
+def test_presence_view_speaks_for_the_highest_priority_resource():
+    from hipchat_server.users_api import presence_view
+
+    available = {
+        "phone": (0, "<presence xmlns='jabber:client'><show>away</show><status>on the train</status></presence>"),
+        "desk": (5, "<presence xmlns='jabber:client'><show>dnd</show><status>in a review</status></presence>"),
+    }
+    assert presence_view(available) == {"status": "in a review", "idle": None, "show": "dnd", "client": None, "is_online": True}
+    # A plain available presence is HipChat's "chat"; an unknown <show/> too, rather than passing it through.
+    assert presence_view({"x": (0, "<presence xmlns='jabber:client'/>")})["show"] == "chat"
+    assert presence_view({"x": (0, "<presence xmlns='jabber:client'><show>bogus</show></presence>")})["show"] == "chat"
+    assert presence_view({})["is_online"] is False
