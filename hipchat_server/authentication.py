@@ -150,6 +150,13 @@ class Authenticator:
             return self._token_caller(value.strip())
         raise AuthenticationFailed("send Authorization: Basic (username and password) or Bearer (a token)")
 
+    def password_caller(self, username: str, password: str) -> Caller:
+        """The `Caller` a username and password prove, checked now (never a remembered result): a web login."""
+        if not (username and self._password_matches(username, password) and self.credentials.is_active(username)):
+            raise AuthenticationFailed("wrong username or password")
+        user_id, is_admin = self.accounts(username) if self.accounts is not None else (None, False)
+        return Caller(username, user_id, scopes_allowed(is_admin), f"user:{username}", is_admin=is_admin)
+
     def _token_caller(self, token: str) -> Caller:
         if not token or self.tokens is None:
             raise AuthenticationFailed("invalid token")
