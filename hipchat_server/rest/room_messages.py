@@ -54,8 +54,9 @@ def register(app, context: api.ApiContext) -> None:
         return lambda room_id: api.flood_control(request, context, f"room:{room_id}")
 
     @defer.inlineCallbacks
-    def items(records, real_jids, room):
-        senders = yield rooms().senders(records) if real_jids else {}
+    def items(records, real_jids, room, senders=None):
+        if senders is None:
+            senders = yield rooms().senders(records) if real_jids else {}
         path = quote(room, safe="")
         return [history_item(context, r, senders, real_jids, path) for r in records]
 
@@ -107,7 +108,7 @@ def register(app, context: api.ApiContext) -> None:
         start, count = api.paging(request)
         newest_first = not api.bool_argument(request, "reverse", True)
         if date == "recent":
-            records, real_jids = yield call(rooms().recent, caller, room, api.int_argument(request, "max-results", RECENT_DEFAULT))
+            records, real_jids, senders = yield call(rooms().recent, caller, room, api.int_argument(request, "max-results", RECENT_DEFAULT))
             records = records[: max(len(records) - start, 0)]  # start-index skips the newest
             if newest_first:
                 records.reverse()
@@ -124,7 +125,8 @@ def register(app, context: api.ApiContext) -> None:
                 limit=count,
                 newest_first=newest_first,
             )
-        shown = yield items(records, real_jids, room)
+            senders = None
+        shown = yield items(records, real_jids, room, senders)
         return collection(request, context, shown, total, f"room/{quote(room, safe='')}/history")
 
     @api.route(app, "GET", "/room/<room>/history/latest", scope="view_messages")
