@@ -135,6 +135,8 @@ def restore(ctx: click.Context, archive: str, passphrase_file, yes: bool) -> Non
     if report.schema_upgraded:
         console.print(f"Schema upgraded from {report.schema_upgraded[0]} to {report.schema_upgraded[1]}.")
     console.print(f"{report.rebuilt_lists:,} recent-message lists rebuilt.")
+    for note in report.notes:
+        error_console.print(f"[yellow]Note:[/yellow] {escape(note)}", soft_wrap=True)
     if report.missing_spool_ids:
         error_console.print(f"[red]{len(report.missing_spool_ids)} spooled messages are not in the indices[/red], e.g. {', '.join(report.missing_spool_ids[:5])}")
     if not report.ok:

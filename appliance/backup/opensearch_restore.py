@@ -44,8 +44,13 @@ def month_indices(client, prefix: str) -> dict[str, int]:
     return {row["index"]: int(row["docs.count"] or 0) for row in rows}
 
 
-def restore_snapshot(client, repository_path: str, snapshot: str, indices: list[str], prefix: str, *, on_wait=None) -> float:
+def restore_snapshot(
+    client, repository_path: str, snapshot: str, indices: list[str], prefix: str, *, ignore_index_settings=(), on_wait=None
+) -> float:
     """Replace the ``<prefix>-*`` indices by ``snapshot``'s ``indices`` from the fs repository at ``repository_path``.
+
+    ``ignore_index_settings`` (the manifest's list) are left out of the
+    restored indices: the backup's write block during its final snapshot.
 
     Returns the seconds spent waiting for green. The temporary repository is
     unregistered whatever happens; the caller removes its files.
@@ -70,7 +75,12 @@ def restore_snapshot(client, repository_path: str, snapshot: str, indices: list[
                 client.snapshot.restore(
                     repository=name,
                     snapshot=snapshot,
-                    body={"indices": ",".join(indices), "include_aliases": True, "include_global_state": False},
+                    body={
+                        "indices": ",".join(indices),
+                        "include_aliases": True,
+                        "include_global_state": False,
+                        "ignore_index_settings": list(ignore_index_settings),
+                    },
                     wait_for_completion=False,
                     request_timeout=ADMIN_TIMEOUT_SECONDS,
                 )
