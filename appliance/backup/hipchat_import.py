@@ -551,6 +551,25 @@ def _read_list(directory: str, name: str, key: str | None) -> list:
     return [item[key] for item in value if isinstance(item, dict) and isinstance(item.get(key), dict)]
 
 
+def _extract_data(tar: tarfile.TarFile, directory: str) -> None:
+    """Extract the regular files and directories of ``tar`` under ``directory``; refuse a name that would leave it.
+
+    (tarfile's own "data" filter is missing from older 3.11 releases.)
+    """
+    root = os.path.realpath(directory)
+    for member in tar.getmembers():
+        target = os.path.realpath(os.path.join(root, member.name))
+        if os.path.isabs(member.name) or not target.startswith(root + os.sep):
+            raise ImportRefused(f"the tar member {member.name!r} would be written outside the import directory")
+        if member.isdir():
+            os.makedirs(target, exist_ok=True)
+        elif member.isfile():
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with tar.extractfile(member) as source, open(target, "wb") as f:
+                shutil.copyfileobj(source, f)
+        # Links, devices and FIFOs have no place in an export: skipped.
+
+
 def import_group(chat_server, source: str, *, progress=None, wait_indexed: bool = True) -> ImportResult:
     """Import from ``source``: an export directory or a ``.tar.gz`` / ``.tar`` of one."""
     if os.path.isdir(source):
@@ -560,7 +579,7 @@ def import_group(chat_server, source: str, *, progress=None, wait_indexed: bool 
     with tempfile.TemporaryDirectory(prefix=".hipchat-import-", dir=os.path.dirname(os.path.abspath(source))) as work:
         try:
             with tarfile.open(source) as tar:
-                tar.extractall(work, filter="data")
+                _extract_data(tar, work)
         except (tarfile.TarError, OSError) as e:
             raise ImportRefused(f"{source} is not a readable tar file ({e}); a HipChat .tar.gz.aes must be decrypted first") from None
         root = work
