@@ -94,5 +94,8 @@ def recap_counts(output: str) -> dict[str, int]:
 
 
 def pytest_collection_modifyitems(items):
-    """Run tests that break services (marked ``disruptive``) after the rest, so read-only checks see a calm appliance."""
-    items.sort(key=lambda item: 1 if item.get_closest_marker("disruptive") else 0)
+    """Run tests that break services (marked ``disruptive``) after the rest, so read-only checks see a calm appliance.
+
+    The wipe-and-restore test (marked ``wipe``) runs after everything: it stops and replaces the whole appliance.
+    """
+    items.sort(key=lambda item: 2 if item.get_closest_marker("wipe") else 1 if item.get_closest_marker("disruptive") else 0)
