@@ -245,6 +245,32 @@ class ArchiveConfig:
 
 
 @dataclass(frozen=True)
+class BackupConfig:
+    """Backups (section ``backup``, optional): where they go, when the nightly one runs, how many are kept."""
+
+    dir: str = "/var/lib/hipchat/backups"  # root only (0700): archives may hold the configuration
+    time: str = "02:30"  # the nightly backup, HH:MM in the host's local time
+    keep: int = 7  # archives kept in ``dir``; older ones are deleted after a successful backup
+    passphrase_file: str = ""  # when set, nightly archives are encrypted with its first line (and hold the secrets)
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "BackupConfig":
+        if raw.get("backup") is None:
+            return cls()
+        r = _Reader("backup", _section(raw, "backup"))
+        time_of_day = r.str("time", cls.time)
+        hour, _, minute = time_of_day.partition(":")
+        if not (hour.isdigit() and minute.isdigit() and len(minute) == 2 and int(hour) < 24 and int(minute) < 60):
+            raise ConfigError(f"backup.time: expected HH:MM (e.g. 02:30), found {time_of_day!r}")
+        return cls(
+            dir=r.str("dir", cls.dir),
+            time=time_of_day,
+            keep=r.positive_int("keep", cls.keep),
+            passphrase_file=_section(raw, "backup").get("passphrase_file") or "",
+        )
+
+
+@dataclass(frozen=True)
 class JobsConfig:
     """The background job queue and its workers (section ``jobs``, optional)."""
 
@@ -386,6 +412,7 @@ class Config:
     push: PushConfig = field(default_factory=PushConfig)
     xmpp: XmppConfig = field(default_factory=XmppConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
 
@@ -406,6 +433,7 @@ class Config:
             push=PushConfig.load(raw),
             xmpp=XmppConfig.load(raw),
             archive=ArchiveConfig.load(raw),
+            backup=BackupConfig.load(raw),
             rooms=RoomsConfig.load(raw),
             api=ApiConfig.load(raw),
         )
