@@ -242,6 +242,7 @@ def start(ctx: click.Context) -> None:
 
 import appliance.cli_tokens  # noqa: E402,F401  (registers `token` and `oauth-client` on cli)
 import appliance.cli_jobs  # noqa: E402,F401  (registers `jobs` on cli)
+import appliance.cli_backup  # noqa: E402,F401  (registers `backup` on cli)
 import appliance.cli_export  # noqa: E402,F401  (registers `export` and `import` on cli)
 import appliance.cli_restore  # noqa: E402,F401  (registers `restore` on cli)
 

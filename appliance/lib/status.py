@@ -13,6 +13,7 @@ import shutil
 import time
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from hipchat_server.config import Config
@@ -26,6 +27,8 @@ HEAP_WARNING_PERCENT = 75
 INDEXING_BEHIND_SECONDS = 30
 # The indexer has not indexed anything for this long while messages wait: it is stuck or down.
 INDEXER_STALLED_SECONDS = 60
+# Backups are nightly: a day and two hours without a new one means the last night's was missed.
+BACKUP_WARNING_SECONDS = 26 * 3600
 
 
 @dataclass
@@ -315,6 +318,45 @@ def check_jobs(redis_factory, now: float | None = None) -> Section:
     return section
 
 
+def check_backups(backup_config, now: float | None = None) -> Section:
+    """The last backup (``<backup dir>/last.json``): a warning when it failed or is older than 26 h.
+
+    A fresh install has none yet: that is said, and is not a problem.
+    """
+    from appliance.backup.create import read_last_result
+    from appliance.backup.schedule import list_archives
+
+    from hipchat_server.indexing import parse_timestamp
+
+    now = time.time() if now is None else now
+    section = Section("backups")
+    last = read_last_result(backup_config.dir)
+    archives = list_archives(backup_config.dir) if os.access(backup_config.dir, os.R_OK) else []
+    newest = archives[-1] if archives else None
+    section.details.update(
+        directory=backup_config.dir, schedule=backup_config.time, keep=backup_config.keep, archives=len(archives),
+        newest=newest.name if newest else None, last=last,
+    )
+    if last is None and newest is None:
+        section.details["state"] = "none"
+        return section
+    if last and not last.get("ok"):
+        section.details["state"] = "failed"
+        section.warnings.append(f"the last backup failed at {last.get('finished_at')}: {last.get('error')}; run `hipchat-appliance backup create` to see why")
+    else:
+        section.details["state"] = "ok"
+    finished = last.get("finished_at") if last and last.get("ok") else None
+    if finished is None and newest is not None:
+        finished = datetime.strptime(newest.stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).isoformat()
+    if finished is None:  # only failures so far
+        return section
+    age = now - parse_timestamp(finished)
+    section.details["age_seconds"] = round(age)
+    if last and last.get("ok") and age > BACKUP_WARNING_SECONDS:
+        section.warnings.append(f"the last backup is {age / 3600:.0f} h old (more than {BACKUP_WARNING_SECONDS // 3600} h): is the backup-scheduler process running?")
+    return section
+
+
 def collect_status(chat_server) -> StatusReport:
     config = chat_server.get_config()
     return StatusReport(
@@ -325,6 +367,7 @@ def collect_status(chat_server) -> StatusReport:
             check_mariadb(chat_server.get_database_engine()),
             check_spool(config.archive),
             check_jobs(chat_server.get_redis_primary),
+            check_backups(config.backup),
             check_disk(config.appliance.data_dirs),
         ]
     )

@@ -47,6 +47,21 @@ def render_jobs(console: Console, jobs) -> None:
     console.print(f"[bold]Background jobs[/bold]: waiting {waiting}; {d['retrying']} retrying; {dead}")
 
 
+def render_backups(console: Console, backups) -> None:
+    """The backups line: the last one's outcome and age, how many are kept, the schedule."""
+    if backups is None or "state" not in backups.details:
+        return
+    d = backups.details
+    schedule = f"nightly at {d['schedule']}, keeping {d['keep']}"
+    if d["state"] == "none":
+        console.print(f"[bold]Backups[/bold]: no backup yet ({schedule}; `hipchat-appliance backup create` takes one now)")
+        return
+    age = d.get("age_seconds")
+    age_text = f"{age / 3600:.1f} h ago" if age is not None else "never succeeded"
+    state = "[yellow]last one FAILED[/yellow]" if d["state"] == "failed" else "last one ok"
+    console.print(f"[bold]Backups[/bold]: {state}; newest {d['newest'] or '-'} ({age_text}); {d['archives']} in {d['directory']}; {schedule}")
+
+
 def render_status(console: Console, report: StatusReport) -> None:
     by_name = {s.name: s for s in report.sections}
 
@@ -90,6 +105,7 @@ def render_status(console: Console, report: StatusReport) -> None:
 
     render_spool(console, by_name.get("spool"))
     render_jobs(console, by_name.get("jobs"))
+    render_backups(console, by_name.get("backups"))
 
     disk = Table(title="Disk use")
     disk.add_column("data")
