@@ -16,6 +16,7 @@ import click
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from appliance.cli import EXIT_CONFIG, EXIT_REFUSED, _chat_server, cli, console, error_console
 
@@ -48,6 +49,13 @@ def _backup_dir(ctx: click.Context, to: str | None) -> str:
     return to or _chat_server(ctx).get_config().backup.dir
 
 
+class _BytesColumn(DownloadColumn):
+    """Bytes done / total, only for the steps measured in bytes."""
+
+    def render(self, task):
+        return super().render(task) if task.fields.get("in_bytes") else Text("")
+
+
 class _ProgressReporter:
     """Shows each step of a backup as a line; the archive step as a bar in bytes."""
 
@@ -56,9 +64,8 @@ class _ProgressReporter:
         self.task = None
 
     def step(self, name: str, total: int | None = None) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=self.progress.tasks[self.task].total or 1, total=self.progress.tasks[self.task].total or 1)
-        self.task = self.progress.add_task(name, total=total)
+        self.finish()
+        self.task = self.progress.add_task(name, total=total, in_bytes=total is not None)
 
     def advance(self, amount: int) -> None:
         self.progress.advance(self.task, amount)
@@ -70,7 +77,7 @@ class _ProgressReporter:
 
 
 def _progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(), console=console, transient=False)
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _BytesColumn(), TimeElapsedColumn(), console=console, transient=False)
 
 
 @cli.group()
@@ -146,13 +153,14 @@ def list_(ctx: click.Context, directory: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"directory": directory, "archives": rows, "last": last}, indent=2))
         return
-    table = Table(title=f"Backups in {escape(directory)} ({len(rows)})")
-    for column in ("archive", "size", "encrypted", "cut-off", "users", "messages", "schema"):
-        table.add_column(column, no_wrap=column == "archive")
+    table = Table(title=f"Backups in {escape(directory)} ({len(rows)}; names without hipchat-backup-)")
+    table.add_column("archive", overflow="fold", max_width=26)  # long names fold; the figures never do
+    for column in ("size", "encrypted", "cut-off", "users", "messages", "schema"):
+        table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(
-            escape(row["name"]), _human_bytes(row["bytes"]), "yes" if row["encrypted"] else "no",
-            row.get("cutoff", "[red]unreadable[/red]" if "error" in row else "-"),
+            escape(row["name"].removeprefix("hipchat-backup-")), _human_bytes(row["bytes"]), "yes" if row["encrypted"] else "no",
+            row["cutoff"][:16].replace("T", " ") if "cutoff" in row else ("[red]unreadable[/red]" if "error" in row else "-"),
             str(row.get("users", "-")), f"{row['messages']:,}" if "messages" in row else "-", str(row.get("schema_revision", "-")),
         )
     console.print(table)
@@ -179,7 +187,7 @@ def verify(ctx: click.Context, archive: str, passphrase_file: str | None) -> Non
     with reader:
         total = sum(f["bytes"] for f in reader.files.values())
         with _progress() as progress:
-            task = progress.add_task("Checking every member", total=total)
+            task = progress.add_task("Checking every member", total=total, in_bytes=True)
             problems = reader.verify(progress=lambda _m, n: progress.advance(task, n))
         try:
             here = server_version(_chat_server(ctx).get_opensearch_client())
@@ -211,20 +219,34 @@ def verify(ctx: click.Context, archive: str, passphrase_file: str | None) -> Non
 
 
 @backup.command("scheduler")
+@click.option("--once", is_flag=True, help="Take the nightly backup now (then keep the newest N) and exit.")
+@click.option("--to", "to", type=click.Path(file_okay=False), help="Directory (default: backup.dir).")
+@click.option("--keep", type=click.IntRange(min=1), help="Archives kept (default: backup.keep).")
 @click.pass_context
-def scheduler(ctx: click.Context) -> None:
+def scheduler(ctx: click.Context, once: bool, to: str | None, keep: int | None) -> None:
     """Run the nightly backup at backup.time, keeping backup.keep archives (supervisor runs this)."""
-    from appliance.backup.create import create_backup, lower_priority
-    from appliance.backup.schedule import run_scheduler
+    from appliance.backup.create import BackupError, create_backup, lower_priority
+    from appliance.backup.schedule import prune, run_scheduler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("hipchat.backup")
     chat_server = _chat_server(ctx)
     settings = chat_server.get_config().backup
+    directory, keep = to or settings.dir, keep or settings.keep
     lower_priority()
 
     def take_backup() -> None:
         passphrase = _read_passphrase(settings.passphrase_file) if settings.passphrase_file else None
-        result = create_backup(chat_server, settings.dir, passphrase)
-        logging.getLogger("hipchat.backup").info("backup %s written (%d bytes, %.0f s)", result.path, result.bytes, result.seconds)
+        result = create_backup(chat_server, directory, passphrase)
+        log.info("backup %s written (%d bytes, %.0f s)", result.path, result.bytes, result.seconds)
 
-    run_scheduler(take_backup, settings.dir, settings.time, settings.keep)
+    if once:
+        try:
+            take_backup()
+        except BackupError as e:
+            error_console.print(f"[red]Backup failed:[/red] {escape(str(e))}", soft_wrap=True)
+            sys.exit(EXIT_REFUSED)
+        for path in prune(directory, keep):
+            log.info("deleted %s (keeping the newest %d)", path, keep)
+        return
+    run_scheduler(take_backup, directory, settings.time, keep)
