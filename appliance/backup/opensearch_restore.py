@@ -146,21 +146,27 @@ def distinct_values(client, prefix: str, field: str) -> list[str]:
             return values
 
 
-def newest_records(client, prefix: str, field: str, values: list[str], size: int) -> dict[str, list[dict]]:
-    """The ``size`` newest records (newest first) whose ``field`` is each of ``values``, 100 values a request."""
-    found: dict[str, list[dict]] = {}
-    for start in range(0, len(values), 100):
-        chunk = values[start : start + 100]
-        body = []
-        for value in chunk:
-            body.append({"index": f"{prefix}-*"})
-            # Ids are ULIDs: their order is the messages' order.
-            body.append({"size": size, "query": {"bool": {"filter": [{"term": {field: value}}]}}, "sort": [{"id": "desc"}]})
-        responses = client.msearch(body=body, request_timeout=ADMIN_TIMEOUT_SECONDS * 5)["responses"]
-        for value, response in zip(chunk, responses):
-            if "error" in response:
-                raise SnapshotRestoreFailed(f"reading the newest messages of {field}={value} failed: {response['error']}")
-            hits = [hit["_source"] for hit in response["hits"]["hits"]]
-            if hits:
-                found[value] = hits
-    return found
+def newest_records(client, indices_newest_first: list[str], field: str, values: list[str], size: int) -> dict[str, list[dict]]:
+    """The ``size`` newest records (newest first) whose ``field`` is each of ``values``.
+
+    Month by month from the newest index back, asking again only for the
+    values still short of ``size``: a search costs a round per shard it
+    visits, and most rooms fill their list from the last month or two (one
+    search over every month took ~60 ms a room at 10 million messages).
+    """
+    found: dict[str, list[dict]] = {value: [] for value in values}
+    for index in indices_newest_first:
+        short = [value for value in values if len(found[value]) < size]
+        for start in range(0, len(short), 100):
+            chunk = short[start : start + 100]
+            body = []
+            for value in chunk:
+                body.append({"index": index})
+                # Ids are ULIDs: their order is the messages' order.
+                body.append({"size": size - len(found[value]), "query": {"bool": {"filter": [{"term": {field: value}}]}}, "sort": [{"id": "desc"}]})
+            responses = client.msearch(body=body, request_timeout=ADMIN_TIMEOUT_SECONDS * 5)["responses"]
+            for value, response in zip(chunk, responses):
+                if "error" in response:
+                    raise SnapshotRestoreFailed(f"reading the newest messages of {field}={value} in {index} failed: {response['error']}")
+                found[value].extend(hit["_source"] for hit in response["hits"]["hits"])
+    return {value: records for value, records in found.items() if records}

@@ -324,33 +324,37 @@ def drop_ephemeral(redis) -> int:
 
 
 def rebuild_recent_lists(server, steps: Steps) -> int:
-    """Refill every room's, conversation's and user's recent list from the (restored and drained) indices."""
+    """Refill every room's recent list from the (restored and drained) indices; returns the lists written.
+
+    Only the rooms': history on join and the REST API's latest history read
+    nothing else. The conversation and per-user lists serve messages the
+    indexer has not made searchable yet, and after the drain there are none:
+    they fill again with the next messages.
+    """
     from hipchat_server.archive import record_json
-    from hipchat_server.storage.recent import CONVERSATION_KEY, ROOM_KEY, USER_KEY
+    from hipchat_server.storage.message_index import parse_month_index
+    from hipchat_server.storage.recent import ROOM_KEY
 
     config = server.get_config()
     prefix, size = config.archive.index_prefix, config.archive.recent_messages
     client = server.get_opensearch_client()
     client.indices.refresh(index=f"{prefix}-*", allow_no_indices=True, request_timeout=opensearch_restore.ADMIN_TIMEOUT_SECONDS)
-    kinds = [("room", ROOM_KEY, "room"), ("conversation", CONVERSATION_KEY, "conversation"), ("participants", USER_KEY, "bare")]
-    values = {field_: opensearch_restore.distinct_values(client, prefix, field_) for field_, _, _ in kinds}
-    total = sum(len(v) for v in values.values())
-    steps.start("caches", total)
+    months = sorted((i for i in opensearch_restore.month_indices(client, prefix) if parse_month_index(prefix, i)), reverse=True)
+    rooms = opensearch_restore.distinct_values(client, prefix, "room")
+    steps.start("caches", len(rooms))
     redis = server.get_redis_primary()
-    done = lists = 0
-    for field_, key_format, placeholder in kinds:
-        for start in range(0, len(values[field_]), 500):
-            chunk = values[field_][start : start + 500]
-            found = opensearch_restore.newest_records(client, prefix, field_, chunk, size)
-            pipe = redis.pipeline(transaction=False)
-            for value, records in found.items():
-                key = key_format.format(**{placeholder: value})
-                pipe.delete(key)
-                pipe.rpush(key, *(record_json(r) for r in records))  # newest first, as the archive keeps them
-                lists += 1
-            pipe.execute()
-            done += len(chunk)
-            steps.update("caches", done, total)
+    lists = 0
+    for start in range(0, len(rooms), 200):
+        chunk = rooms[start : start + 200]
+        found = opensearch_restore.newest_records(client, months, "room", chunk, size)
+        pipe = redis.pipeline(transaction=False)
+        for room, records in found.items():
+            key = ROOM_KEY.format(room=room)
+            pipe.delete(key)
+            pipe.rpush(key, *(record_json(r) for r in records))  # newest first, as the archive keeps them
+            lists += 1
+        pipe.execute()
+        steps.update("caches", start + len(chunk), len(rooms))
     return lists
 
 
