@@ -48,6 +48,8 @@ from hipchat_server.xmpp.xml_parser import CLIENT_NS
 MESSAGE_BATCH = 2000  # records looked up in OpenSearch, then spooled, at a time
 MAX_MESSAGE_LENGTH = 10_000  # HipChat's own limit
 DRAIN_POLL_SECONDS = 0.5
+READ_CHUNK_CHARS = 1 << 20  # a history file is read this much at a time
+MAX_ITEM_CHARS = 64 << 20  # one message entry larger than this is damage, not a message
 IMPORT_ACTOR = "hipchat-import"
 
 
@@ -233,7 +235,10 @@ class GroupImport:
             writer.close()
         self._closed_at = time.time()
         self.result.spool_seconds = time.monotonic() - started
-        if wait_indexed:
+        if not self.result.messages.created:
+            shutil.rmtree(spool_dir, ignore_errors=True)  # nothing spooled: nothing for the indexer to drain
+            self.result.drained = True
+        elif wait_indexed:
             self.result.drained = self._wait_drained(spool_dir, drain_timeout, progress)
         self.result.seconds = time.monotonic() - started
         return self.result
@@ -315,6 +320,9 @@ class GroupImport:
             if not isinstance(name, str) or not name.strip() or len(name) > 100:
                 self.result.rooms.refuse("no usable name (1 to 100 characters)")
                 continue
+            if room.get("is_deleted"):
+                self.result.rooms.refuse("deleted in HipChat")
+                continue
             members = [self.user_by_id[i] for i in room.get("members") or [] if i in self.user_by_id]
             admins = [self.user_by_id[i] for i in room.get("room_admins") or [] if i in self.user_by_id]
             details = self.rooms.details(name)
@@ -386,9 +394,8 @@ class GroupImport:
         return files
 
     def _import_history(self, path: str, kind: str, owner, writer: _SpoolWriter) -> None:
-        items = _read_list(os.path.dirname(path), os.path.basename(path), None)
         batch: list[dict] = []
-        for item in items:
+        for item in iter_json_array(path):
             record = self._record(item, kind, owner)
             if record is None:
                 continue
@@ -510,21 +517,71 @@ class GroupImport:
 
         name = os.path.basename(spool_dir)
         total = sum(os.path.getsize(s.path) for s in Spool(spool_dir).segments())
-        task = progress.add_task("indexing (the indexer drains the import's spool)", total=max(total, 1)) if progress else None
+        task = progress.add_task("indexing (KiB of the import's spool drained)", total=max(total // 1024, 1)) if progress else None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = read_status(self.config.archive.spool_dir) or {}
             entry = (status.get("directories") or {}).get(name) or {}
             backlog = entry.get("backlog_bytes")
             if progress and isinstance(backlog, int):
-                progress.update(task, completed=max(total - backlog, 0))
+                progress.update(task, completed=max(total - backlog, 0) // 1024)
             # Only a status written after the last record was fsynced tells about all of them.
             written_after = _seconds(status.get("updated")) > self._closed_at
             if written_after and backlog == 0 and "segment" in entry:
+                if progress:
+                    progress.update(task, completed=max(total // 1024, 1))
                 shutil.rmtree(spool_dir, ignore_errors=True)
                 return True
             time.sleep(DRAIN_POLL_SECONDS)
         return False
+
+
+def iter_json_array(path: str, chunk_chars: int = READ_CHUNK_CHARS):
+    """The items of the JSON array in ``path``, one at a time: memory holds one chunk, not the file.
+
+    A room's whole history is one array in HipChat's layout; read at once, a
+    busy room's file (gigabytes) would take several times its size in memory.
+    Raises ImportRefused when the file is not a JSON array.
+    """
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8") as f:
+        buffer, pos, at_end, started, expect_comma = "", 0, False, False, False
+        dropped = 0  # characters of the file before the buffer, for error messages
+        while True:
+            while pos < len(buffer) and buffer[pos] in " \t\r\n":
+                pos += 1
+            if pos >= len(buffer):
+                if at_end:
+                    raise ImportRefused(f"{path} ends before its JSON array does")
+                more = f.read(chunk_chars)
+                at_end = not more
+                dropped += pos
+                buffer, pos = buffer[pos:] + more, 0
+                continue
+            if not started:
+                if buffer[pos] != "[":
+                    raise ImportRefused(f"{path} is not a JSON list")
+                started, pos = True, pos + 1
+                continue
+            if buffer[pos] == "]":
+                return
+            if expect_comma:
+                if buffer[pos] != ",":
+                    raise ImportRefused(f"{path} is not valid JSON near character {dropped + pos}")
+                expect_comma, pos = False, pos + 1
+                continue
+            try:
+                item, end = decoder.raw_decode(buffer, pos)
+            except json.JSONDecodeError:
+                if at_end or len(buffer) - pos > MAX_ITEM_CHARS:
+                    raise ImportRefused(f"{path} is not valid JSON near character {dropped + pos}") from None
+                more = f.read(chunk_chars)  # the item goes on in the next chunk
+                at_end = not more
+                dropped += pos
+                buffer, pos = buffer[pos:] + more, 0
+                continue
+            yield item
+            pos, expect_comma = end, True
 
 
 def _seconds(iso: str | None) -> float:

@@ -151,3 +151,27 @@ def test_records_export_back_to_the_messages_they_came_from(importer):
     private = _message(id="m-4", receiver={"id": 8, "name": "Bob B", "mention_name": "BobB"})
     item = exporter._private_item(importer._record({"PrivateUserMessage": private}, "user", "7"), ALICE, BOB)
     assert (item["id"], item["sender"], item["receiver"], item["timestamp"]) == ("m-4", private["sender"], private["receiver"], private["timestamp"])
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_history_files_are_read_item_by_item_across_chunks(tmp_path, chunk):
+    """A history array is read one item at a time whatever the chunk size: the same items as json.load, in order."""
+    from appliance.backup.hipchat_import import iter_json_array
+
+    items = [{"UserMessage": _message(id=f"m-{n}", message="ä, ] [ {\"x\"} " * n)} for n in range(20)]
+    path = tmp_path / "history.json"
+    path.write_text(" \n" + json.dumps(items, indent=1) + "\n")
+    assert list(iter_json_array(str(path), chunk)) == items
+    path.write_text("[]")
+    assert list(iter_json_array(str(path), chunk)) == []
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}', '[{"a": 1} {"b": 2}]', '[{"a": 1},', '[{"a": '])
+def test_a_damaged_history_file_is_refused(tmp_path, text):
+    """Not an array, a missing comma, or a file cut short: ImportRefused naming the file, never a silent partial read."""
+    from appliance.backup.hipchat_import import ImportRefused, iter_json_array
+
+    path = tmp_path / "history.json"
+    path.write_text(text)
+    with pytest.raises(ImportRefused, match="history.json"):
+        list(iter_json_array(str(path), 4))
