@@ -23,6 +23,7 @@ from hipchat_server import __version__, health
 from hipchat_server.app.process import drop_privileges, start_process
 from hipchat_server.app.xmpp import open_session_directory, start_frontend
 from hipchat_server.rest import api_root
+from hipchat_server.rest.body_limit import BodyLimitedRequest
 from hipchat_server.server import ChatServer
 from hipchat_server.xmpp import websocket
 
@@ -88,7 +89,8 @@ def build_site(chat_server: ChatServer, websocket_factory: websocket.XmppWebSock
     # Bodies are parsed by the resources that take them (JSON; the OAuth grant's form): Twisted's own
     # form parsing reads the Content-Type through the email package on every POST (a tenth of the
     # HTTPS process's time per API notification) and would hold a large multipart upload in memory.
-    return server.Site(root, parsePOSTFormSubmission=False)
+    # Bodies are bounded while they arrive (rest.body_limit), not after Twisted has kept them whole.
+    return server.Site(root, requestFactory=BodyLimitedRequest, parsePOSTFormSubmission=False)
 
 
 def join_frontends(chat_server: ChatServer, websocket_factory: websocket.XmppWebSocketFactory) -> defer.Deferred:

@@ -433,6 +433,8 @@ def _type_name(type_) -> str:
 
 def read_body(request) -> bytes:
     """The request body; ApiError 413 when it is over `MAX_BODY_BYTES`."""
+    if getattr(request, "body_too_large", False):  # past body_limit.MAX_KEPT_BYTES: not kept at all
+        raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes (the rest of it was not read)")
     length = request.getHeader(b"content-length")
     if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
