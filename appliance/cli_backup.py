@@ -92,11 +92,12 @@ def backup() -> None:
 @click.pass_context
 def create(ctx: click.Context, to: str | None, passphrase_file: str | None, as_json: bool) -> None:
     """Back up the running appliance into one archive (chat keeps running)."""
-    from appliance.backup.create import BackupError, create_backup, lower_priority
+    from appliance.backup.create import BackupError, create_backup, exit_on_sigterm, lower_priority
 
     passphrase = _read_passphrase(passphrase_file)
     directory = _backup_dir(ctx, to)
     lower_priority()
+    exit_on_sigterm()
     try:
         with _progress() as progress:
             reporter = _ProgressReporter(progress)
@@ -225,7 +226,8 @@ def verify(ctx: click.Context, archive: str, passphrase_file: str | None) -> Non
 @click.pass_context
 def scheduler(ctx: click.Context, once: bool, to: str | None, keep: int | None) -> None:
     """Run the nightly backup at backup.time, keeping backup.keep archives (supervisor runs this)."""
-    from appliance.backup.create import BackupError, create_backup, lower_priority
+    from appliance.backup.create import BackupError, create_backup, ensure_backup_dir, exit_on_sigterm, lower_priority
+    from appliance.backup.opensearch import lift_leftover_block
     from appliance.backup.schedule import prune, run_scheduler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -234,6 +236,12 @@ def scheduler(ctx: click.Context, once: bool, to: str | None, keep: int | None) 
     settings = chat_server.get_config().backup
     directory, keep = to or settings.dir, keep or settings.keep
     lower_priority()
+    exit_on_sigterm()
+    ensure_backup_dir(directory)
+    try:  # a backup killed while it blocked writes to the message indices: indexing must not wait a night
+        lift_leftover_block(chat_server.get_opensearch_client(), directory)
+    except Exception as e:
+        log.warning("could not check for a leftover write block (%s); the next backup will", e)
 
     def take_backup() -> None:
         passphrase = _read_passphrase(settings.passphrase_file) if settings.passphrase_file else None

@@ -78,6 +78,16 @@ def lower_priority() -> None:
         subprocess.run(["ionice", "-c3", "-p", str(os.getpid())], check=False, capture_output=True)
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (supervisor stopping us) into SystemExit, so a backup in progress cleans up after itself."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def redacted_config(text: str) -> bytes:
     """``hipchat.yml`` with every password, token and secret value replaced (for a clear archive)."""
 

@@ -337,6 +337,12 @@ def check_backups(backup_config, now: float | None = None) -> Section:
         directory=backup_config.dir, schedule=backup_config.time, keep=backup_config.keep, archives=len(archives),
         newest=newest.name if newest else None, last=last,
     )
+    marker = os.path.join(backup_config.dir, "write-block.json")
+    if os.path.exists(marker) and now - os.path.getmtime(marker) > 300:
+        section.warnings.append(
+            "a killed backup left the message indices blocked for writes (indexing waits): "
+            "run `hipchat-appliance backup create` or restart backup-scheduler to lift it"
+        )
     if last is None and newest is None:
         section.details["state"] = "none"
         return section
