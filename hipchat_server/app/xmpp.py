@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from hipchat_server import users_admin
 from hipchat_server.app.process import GarbageCollectionWatch, drop_privileges, start_process, tune_garbage_collection
 from hipchat_server.config import Config
 from hipchat_server.history import history_for
@@ -164,6 +165,7 @@ def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirec
         log.info("took %d sessions of a crashed predecessor out of their rooms", cleared)
     DeliveryListener(chat_server.get_redis_primary, directory.channel, starttls.router.deliver_published).start()
     sessions, router = starttls.sessions, starttls.router
+    router.on_published(users_admin.END_SESSION, users_admin.end_session_handler(sessions))  # a deactivated account's streams
 
     def stopping():
         for connection in sessions.connections():

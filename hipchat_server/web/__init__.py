@@ -1,0 +1,1 @@
+"""Pages served by the HTTPS process: the web client, the search page and the admin console."""
