@@ -233,9 +233,12 @@ class WebhookDelivery:
     ``rooms_domain`` is ``<rooms.service>.<domain>``.
     """
 
-    def __init__(self, store, post_reply, *, issuer: str, rooms_domain: str, post=post_json, log=None):
+    def __init__(self, store, post_reply, *, issuer: str, rooms_domain: str, post=post_json, log=None, enabled=None, note=None):
+        """``enabled()`` says whether webhooks are on (the console's feature flag; None: always);
+        ``note(entry)`` keeps each delivery's outcome for the console (None: not kept)."""
         import logging
 
+        self.enabled, self.note = enabled, note
         self.store = store
         self.post_reply = post_reply
         self.issuer = issuer
@@ -251,7 +254,15 @@ class WebhookDelivery:
         if row is None:
             self.log.info("webhook %s of room %s was deleted; event not delivered", payload["webhook_id"], payload["room_id"])
             return
-        reply = deliver(row, payload["body"], self.issuer, self.post)
+        if self.enabled is not None and not self.enabled():
+            self.log.info("webhooks are turned off (feature flag): webhook %s not called", row.id)
+            return
+        try:
+            reply = deliver(row, payload["body"], self.issuer, self.post)
+        except Exception as e:
+            self._note(row, payload, str(e) or type(e).__name__)
+            raise
+        self._note(row, payload, None)
         notification = reply_notification(reply, row.name or "Webhook")
         if notification is None:
             return
@@ -259,6 +270,19 @@ class WebhookDelivery:
             self.post_reply(f"{payload['room']}@{self.rooms_domain}", notification)
         except PostingError as e:
             self.log.warning("webhook %s replied with a notification that cannot be posted: %s", row.id, e)
+
+
+    def _note(self, row, payload: dict, error: str | None) -> None:
+        if self.note is None:
+            return
+        import time
+
+        entry = {"webhook_id": row.id, "room": payload.get("room"), "url": row.url, "ok": error is None, "error": error or "",
+                 "at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+        try:
+            self.note(entry)
+        except Exception as e:  # the console's list of deliveries is a convenience: never fail a delivery for it
+            self.log.warning("keeping webhook %s's delivery outcome failed: %s", row.id, e)
 
 
 MAX_WEBHOOKS_PER_ROOM = 100

@@ -24,9 +24,11 @@ import time
 
 from twisted.internet import reactor, threads
 
+from hipchat_server import feature_flags
 from hipchat_server.app.process import drop_privileges, start_process
 from hipchat_server.jobs import JobQueue, PermanentJobError
 from hipchat_server.server import ChatServer, process_name
+from hipchat_server.storage.integrations import note_delivery
 
 log = logging.getLogger("hipchat.worker")
 
@@ -170,7 +172,10 @@ def build_runner(chat_server: ChatServer) -> JobRunner:
 
     handlers = {
         "webhook": WebhookDelivery(
-            store, post_reply, issuer=public_url, rooms_domain=f"{config.rooms.service}.{config.server.domain}"
+            store, post_reply, issuer=public_url, rooms_domain=f"{config.rooms.service}.{config.server.domain}",
+            # The console's feature flag (everyone's value) and its list of recent deliveries.
+            enabled=lambda: feature_flags.for_server(chat_server).enabled(feature_flags.WEBHOOKS),
+            note=lambda entry: note_delivery(chat_server.get_redis_primary(), entry),
         ),
         "mention_mail": MentionMail(
             store,

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from twisted.internet import defer
 
+from hipchat_server import feature_flags
 from hipchat_server.rest import api
 from hipchat_server.rest.rooms import call, collection, services, user_ref
 from hipchat_server.room_posting import DEFAULT_LABEL, MAX_LABEL_LENGTH, Notification
@@ -54,6 +55,15 @@ def register(app, context: api.ApiContext) -> None:
         return lambda room_id: api.flood_control(request, context, f"room:{room_id}")
 
     @defer.inlineCallbacks
+    def sending_allowed(caller):
+        """403 when an admin turned API message sending off for the caller's groups (feature flag, console)."""
+        if context.chat_server is None:
+            return  # unit tests of the routes: no flags
+        flags = feature_flags.for_server(context.chat_server)
+        if not (yield context.run_blocking(flags.enabled, feature_flags.API_MESSAGE_SENDING, caller.username)):
+            raise api.ApiError(403, "sending messages through the API is turned off for this account by an administrator")
+
+    @defer.inlineCallbacks
     def items(records, real_jids, room, senders=None):
         if senders is None:
             senders = yield rooms().senders(records) if real_jids else {}
@@ -64,6 +74,7 @@ def register(app, context: api.ApiContext) -> None:
     @api.route(app, "POST", "/room/<room>/message", scope="send_message")
     @defer.inlineCallbacks
     def send_message(request, caller, room):
+        yield sending_allowed(caller)
         body = api.json_body(request, {"message": api.field(str, max_length=10_000)})
         record = yield call(rooms().send_message, caller, room, body["message"], admit=flood_control(request))
         return 201, {"id": record["id"], "timestamp": record["timestamp"]}
@@ -71,6 +82,7 @@ def register(app, context: api.ApiContext) -> None:
     @api.route(app, "POST", "/room/<room>/notification", scope="send_notification")
     @defer.inlineCallbacks
     def send_notification(request, caller, room):
+        yield sending_allowed(caller)
         body = api.json_body(
             request,
             {
@@ -89,6 +101,7 @@ def register(app, context: api.ApiContext) -> None:
     @api.route(app, "POST", "/room/<room>/reply", scope="send_message")
     @defer.inlineCallbacks
     def reply(request, caller, room):
+        yield sending_allowed(caller)
         body = api.json_body(request, {"message": api.field(str, max_length=10_000), "parentMessageId": api.field(str, max_length=64)})
         yield call(rooms().reply, caller, room, body["parentMessageId"], body["message"], admit=flood_control(request))
         return None
@@ -96,6 +109,7 @@ def register(app, context: api.ApiContext) -> None:
     @api.route(app, "POST", "/room/<room>/share/link", scope="send_message")
     @defer.inlineCallbacks
     def share_link(request, caller, room):
+        yield sending_allowed(caller)
         body = api.json_body(request, {"link": api.field(str, max_length=2000), "message": api.field(str, required=False, max_length=1000)})
         yield call(rooms().share_link, caller, room, body["link"], body["message"], admit=flood_control(request))
         return None
