@@ -365,6 +365,7 @@ def export_group(chat_server, destination: str, *, rooms=None, users=None, progr
         with tarfile.open(partial, "w:gz") as tar:
             for name in sorted(os.listdir(os.path.join(work, "export"))):
                 tar.add(os.path.join(work, "export", name), arcname=name)
+        os.chmod(partial, 0o600)  # e-mail addresses and every message: for root's eyes only
         os.replace(partial, destination)
     result.destination = destination
     return result
