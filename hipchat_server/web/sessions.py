@@ -195,12 +195,12 @@ def clear_cookie(request) -> None:
     request.addCookie(COOKIE_NAME, b"", path=b"/", secure=True, httpOnly=True, sameSite="strict", max_age=b"0")
 
 
-def session_of(request, sessions: WebSessions) -> defer.Deferred:
+def session_of(request, sessions: WebSessions, run_blocking=threads.deferToThread) -> defer.Deferred:
     """Fires with the request's live `WebSession`, or None (no cookie, bad signature, expired, ended)."""
     value = request.getCookie(COOKIE_NAME)
     if not value:
         return defer.succeed(None)
-    return threads.deferToThread(sessions.from_cookie, value)
+    return run_blocking(sessions.from_cookie, value)
 
 
 def read_form(request) -> dict[str, str]:

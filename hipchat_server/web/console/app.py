@@ -166,7 +166,7 @@ class Console:
     @defer.inlineCallbacks
     def _guard(self, request):
         """The `ConsoleAdmin` of the request, or None after answering it (redirect to login, or 403)."""
-        session = yield web_sessions.session_of(request, self.sessions)
+        session = yield web_sessions.session_of(request, self.sessions, self.run_blocking)
         if session is None:
             if request.method == b"GET":
                 self.redirect(request, "/admin/login?next=" + quote(request.uri.decode("utf-8", "replace"), safe=""))
@@ -265,7 +265,7 @@ class Console:
         @app.route("/logout", methods=["POST"])
         @defer.inlineCallbacks
         def logout(request):
-            session = yield web_sessions.session_of(request, self.sessions)
+            session = yield web_sessions.session_of(request, self.sessions, self.run_blocking)
             form = web_sessions.read_form(request)
             if session is None or not web_sessions.csrf_ok(session, web_sessions.posted_csrf_token(request, form)):
                 return self.refuse(request, 403, "The form's CSRF token is missing or wrong.")
