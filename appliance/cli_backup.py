@@ -76,8 +76,12 @@ class _ProgressReporter:
             self.progress.update(self.task, completed=total, total=total)
 
 
-def _progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _BytesColumn(), TimeElapsedColumn(), console=console, transient=False)
+def _progress(to_stderr: bool = False) -> Progress:
+    """Progress bars; on standard error when standard output carries JSON."""
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _BytesColumn(), TimeElapsedColumn(),
+        console=error_console if to_stderr else console, transient=False,
+    )
 
 
 @cli.group()
@@ -99,7 +103,7 @@ def create(ctx: click.Context, to: str | None, passphrase_file: str | None, as_j
     lower_priority()
     exit_on_sigterm()
     try:
-        with _progress() as progress:
+        with _progress(to_stderr=as_json) as progress:
             reporter = _ProgressReporter(progress)
             result = create_backup(_chat_server(ctx), directory, passphrase, reporter)
             reporter.finish()
