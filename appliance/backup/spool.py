@@ -110,7 +110,7 @@ def scan_frames(path: str, size: int) -> tuple[int, list[bytes]]:
 
 
 def message_records(copies: list[SegmentCopy]) -> list[dict]:
-    """The message records (those with a string id and timestamp) in the copies' measured bytes."""
+    """Id and timestamp of each message record (a string id and timestamp) in the copies' measured bytes."""
     found = []
     for copy in copies:
         for payload in scan_frames(copy.path, copy.bytes)[1]:
@@ -119,5 +119,6 @@ def message_records(copies: list[SegmentCopy]) -> list[dict]:
             except ValueError:
                 continue
             if isinstance(record, dict) and isinstance(record.get("id"), str) and isinstance(record.get("timestamp"), str):
-                found.append(record)
+                # Only what the snapshot lookup needs: a stopped indexer can leave a large backlog.
+                found.append({"id": record["id"], "timestamp": record["timestamp"]})
     return found

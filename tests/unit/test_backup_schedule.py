@@ -10,7 +10,7 @@ import pytest
 
 from appliance.backup.create import redacted_config, write_last_result
 from appliance.backup.schedule import list_archives, next_run, parse_time_of_day, prune, run_scheduler
-from appliance.backup.spool import cut_spool
+from appliance.backup.spool import cut_spool, message_records
 from appliance.lib.status import check_backups
 from hipchat_server.config import BackupConfig, Config, ConfigError
 from hipchat_server.storage.spool import encode_frame
@@ -94,6 +94,7 @@ def test_spool_cut_keeps_only_complete_frames_at_the_cut(tmp_path):
     assert [(c.member, c.records, c.bytes, c.copied) for c in copies] == [
         ("spool/xmpp-0/000000000001.seg", 3, sum(len(f) for f in frames), False)
     ]
+    assert [r["id"] for r in message_records(copies)] == ["id0", "id1", "id2"]
     # A hard link: the same file, so later appends do not change what was measured.
     assert os.stat(copies[0].path).st_ino == os.stat(spool / "xmpp-0" / "000000000001.seg").st_ino
 
