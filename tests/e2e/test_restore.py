@@ -26,7 +26,6 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -331,29 +330,32 @@ def test_backup_wipe_install_restore_brings_everything_back(config, chat_server,
             await o.close()
             await m.close()
 
-    run_long(spool_then_backup())
-    assert backup["returncode"] == 0, backup["out"] + backup["err"]
-    timings["backup"] = backup["seconds"]
-    archive = json.loads(backup["out"])["path"]
-    with open_archive(archive, None) as reader:
-        manifest = reader.manifest
-    cutoff = datetime.fromisoformat(manifest["cutoff"].replace("Z", "+00:00")).timestamp()
-    assert manifest["counts"]["spool_records"] >= len(in_spool_public) + len(in_spool_chat)
-    corpus = {i: n for i, n in manifest["counts"]["messages"].items() if i.startswith("messages-2025.")}
-    assert corpus == corpus_before  # the bench corpus went into the archive whole
-    before = database_rows(chat_server, [public, private], [owner, member, outsider])
-    assert len(before["members"]) >= 2 and len(before["users"]) == 3
-    bench_user_exists = any(
-        u["username"] == BENCH_USER for u in json.loads(run_appliance_cli("user", "list", "--json").stdout or "[]")
-    )
-
-    # 3. Wipe and restore, holding the deploy lock so no deploy runs in between.
-    aside = f"/var/lib/hipchat-wiped-{int(time.time())}"
+    # From here until the restored appliance is healthy the deploy lock is held: a deploy restarting the
+    # chat processes would cut the clients off mid-backup, and then the whole appliance goes away.
     lock = open(DEPLOY_LOCK, "a")
     fcntl.flock(lock, fcntl.LOCK_EX)
+    aside = f"/var/lib/hipchat-wiped-{int(time.time())}"
     moved: list[tuple[str, str]] = []
     restored = False
+    archive = None
     try:
+        run_long(spool_then_backup())
+        assert backup["returncode"] == 0, backup["out"] + backup["err"]
+        timings["backup"] = backup["seconds"]
+        archive = json.loads(backup["out"][backup["out"].index("{"):])["path"]  # after the progress lines
+        with open_archive(archive, None) as reader:
+            manifest = reader.manifest
+        cutoff = datetime.fromisoformat(manifest["cutoff"].replace("Z", "+00:00")).timestamp()
+        assert manifest["counts"]["spool_records"] >= len(in_spool_public) + len(in_spool_chat)
+        corpus = {i: n for i, n in manifest["counts"]["messages"].items() if i.startswith("messages-2025.")}
+        assert corpus == corpus_before  # the bench corpus went into the archive whole
+        before = database_rows(chat_server, [public, private], [owner, member, outsider])
+        assert len(before["members"]) >= 2 and len(before["users"]) == 3
+        bench_user_exists = any(
+            u["username"] == BENCH_USER for u in json.loads(run_appliance_cli("user", "list", "--json").stdout or "[]")
+        )
+
+        # 3. Wipe: every program stopped, every data directory gone; a fresh install; the restore.
         started = time.monotonic()
         moved = move_aside(data_directories(config), aside)
         timings["wipe"] = time.monotonic() - started
@@ -367,6 +369,7 @@ def test_backup_wipe_install_restore_brings_everything_back(config, chat_server,
         # No --yes: a freshly installed appliance holds nothing, so restore must not ask.
         result = run_appliance_cli("restore", archive, timeout=SCENARIO_TIMEOUT)
         timings["restore"] = time.monotonic() - started
+        print(result.stdout[-6000:])
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
         assert "every count matches the manifest" in result.stdout
         wait_for(lambda: run_appliance_cli("status").returncode == 0, 300, 5, what="the restored appliance to be healthy")
@@ -378,7 +381,8 @@ def test_backup_wipe_install_restore_brings_everything_back(config, chat_server,
         lock.close()
         timings_out = {k: round(v, 1) for k, v in timings.items()}
         with open(TIMINGS_FILE, "w") as f:
-            json.dump({"timings_seconds": timings_out, "archive_bytes": os.path.getsize(archive), "restored": restored}, f, indent=1)
+            size = os.path.getsize(archive) if archive and os.path.exists(archive) else None
+            json.dump({"timings_seconds": timings_out, "archive_bytes": size, "restored": restored}, f, indent=1)
         print("wipe test timings (s):", timings_out)
     shutil.rmtree(aside, ignore_errors=True)
 
