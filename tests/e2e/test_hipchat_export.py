@@ -362,3 +362,59 @@ def test_an_export_without_users_json_is_refused(tmp_path):
     result = _cli("import", str(tmp_path))
     assert result.returncode == 1
     assert "users.json is missing" in result.stderr
+
+
+def test_imported_history_through_mam_once_an_administrator_sets_a_password(chat_server, imported, endpoint, tmp_path):
+    """An imported user cannot log in until `user passwd`; then MAM returns every imported message of a room and of a one-to-one conversation, at its original time."""
+    from appliance.backup.hipchat_import import message_id_for, parse_hipchat_timestamp
+    from tests.e2e.test_history import form, walk
+    from tests.e2e.xmpp_client import PASSWORD, login, run
+
+    directory, fixture, result = imported
+    by_email = {r["email"]: r["username"] for r in _user_rows(chat_server, fixture)}
+    owner, other = by_email[fixture["users"][0]["email"]], by_email[fixture["users"][1]["email"]]
+    room = fixture["rooms"][0]
+    user_jids, room_jids = _jids(chat_server, fixture)
+    node = next(j for j in room_jids if j.startswith(_node_of(chat_server, room["name"]) + "@"))
+    expected_room = {}
+    for item in fixture["histories"][f"rooms/{room['id']}/history.json"]:
+        (kind, m), = item.items()
+        expected_room[message_id_for(m["id"], parse_hipchat_timestamp(m["timestamp"]))] = m["timestamp"][:19]
+    expected_private = {
+        message_id_for(m["id"], parse_hipchat_timestamp(m["timestamp"]))
+        for item in fixture["histories"][f"users/{fixture['users'][0]['id']}/history.json"] for m in item.values()
+    }
+
+    async def attempt():
+        client, ok = await login(endpoint, owner, PASSWORD)
+        await client.close()
+        return ok
+
+    assert not run(attempt())  # the random password nobody knows
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    changed = _cli("user", "passwd", owner, "--password-file", str(password_file))
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+
+    async def scenario():
+        client, ok = await login(endpoint, owner, PASSWORD)
+        assert ok
+        try:
+            room_pages = await walk(client, None, backwards=False, to=node)
+            private_pages = await walk(client, f"{other}@{endpoint.domain}", backwards=False)
+        finally:
+            await client.close()
+        return room_pages, private_pages
+
+    room_pages, private_pages = run(scenario())
+    got = {r[0]: r[2] for page in room_pages for r in page.results}
+    assert set(got) == set(expected_room)
+    assert all(got[i].startswith(expected_room[i]) for i in got)  # the delay stamp is the original time
+    assert {r[0] for page in private_pages for r in page.results} == expected_private
+
+
+def _node_of(chat_server, name: str) -> str:
+    from hipchat_server.storage.rooms import RoomStore
+
+    config = chat_server.get_config()
+    return RoomStore(chat_server.get_database_engine(), f"{config.rooms.service}.{config.server.domain}").details(name).room.jid_node
