@@ -80,3 +80,79 @@ def test_job_streams_round_trip_and_a_pending_job_is_handed_out_again(redis_serv
 def test_a_dump_of_another_format_is_refused(redis_server):
     with pytest.raises(JobsDumpRefused):
         load_jobs(redis_server, {"format": 2, "streams": {}})
+
+
+class FakeReader:
+    """An opened archive: its manifest, what verify finds, and extract writing every listed member."""
+
+    def __init__(self, manifest: dict, problems=()):
+        self.manifest = manifest
+        self.problems = list(problems)
+        self.extracted = False
+
+    def verify(self, progress=None):
+        return self.problems
+
+    def extract(self, dest, progress=None):
+        self.extracted = True
+        for member in self.manifest.get("files", {}):
+            path = os.path.join(dest, *member.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "wb").close()
+
+
+class FakeServer:
+    def __init__(self, snapshots_dir: str):
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(
+            appliance=SimpleNamespace(data_dirs={"opensearch-snapshots": snapshots_dir}),
+            archive=SimpleNamespace(index_prefix="messages", spool_dir=snapshots_dir),
+        )
+
+    def get_config(self):
+        return self.config
+
+    def get_opensearch_client(self):
+        return None
+
+
+@pytest.fixture
+def guarded(monkeypatch, tmp_path):
+    """restore_archive on fakes where stopping the chat processes fails the test: nothing may change."""
+    from appliance.backup import opensearch_restore, restore
+
+    monkeypatch.setattr(opensearch_restore, "cluster_version", lambda client: "2.19.1")
+    monkeypatch.setattr(restore, "appliance_data", lambda server: {"users": 5, "rooms": 2, "messages": 100})
+
+    def must_not_stop(config):
+        raise AssertionError("the chat processes were stopped")
+
+    monkeypatch.setattr(restore, "stop_chat_core", must_not_stop)
+    return restore, FakeServer(str(tmp_path))
+
+
+def test_an_appliance_holding_data_is_not_replaced_without_confirmation(guarded, tmp_path):
+    """No confirm callback, or one that says no: refused after verification, before anything stops; the staging is removed."""
+    restore, server = guarded
+    files = {"mariadb/hipchat.sql.gz": {"bytes": 0}}
+    for confirm in (None, lambda holding: False):
+        reader = FakeReader(manifest(files=files))
+        with pytest.raises(restore.RestoreRefused, match="5 users, 2 rooms, 100 messages"):
+            restore.restore_archive(server, reader, "a.tar", confirm=confirm)
+        assert reader.extracted
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_damaged_or_newer_archive_is_refused_before_the_question(guarded, tmp_path):
+    """Verification problems and a newer schema refuse without asking and without extracting."""
+    restore, server = guarded
+    asked = []
+    damaged = FakeReader(manifest(files={}), problems=["redis/jobs.json: SHA-256 differs from the manifest"])
+    with pytest.raises(restore.RestoreRefused, match="damaged"):
+        restore.restore_archive(server, damaged, "a.tar", confirm=asked.append)
+    newer = FakeReader(manifest(schema_revision="9999_later"))
+    with pytest.raises(restore.RestoreRefused, match="newer"):
+        restore.restore_archive(server, newer, "b.tar", confirm=asked.append)
+    assert asked == [] and not damaged.extracted and not newer.extracted
+    assert os.listdir(tmp_path) == []
