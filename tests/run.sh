@@ -23,5 +23,10 @@ if ! command -v packer >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq packer >/dev/null
 fi
 
+# Debian's chromium, driven by Playwright in the web client's end-to-end test.
+if [ ! -x /usr/bin/chromium ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 echo "==> Running the tests"
 exec "$VENV_DIR/bin/python" -m pytest -p no:cacheprovider -ra "$@" tests

@@ -26,6 +26,7 @@ from hipchat_server.rest import api_root
 from hipchat_server.rest.body_limit import BodyLimitedRequest
 from hipchat_server.server import ChatServer
 from hipchat_server.web.console import console_root
+from hipchat_server.web import webclient
 from hipchat_server.xmpp import websocket
 
 log = logging.getLogger("hipchat.web")
@@ -86,6 +87,10 @@ def build_site(chat_server: ChatServer, websocket_factory: websocket.XmppWebSock
     root.putChild(b"health", HealthResource(chat_server))
     root.putChild(b"v2", api_root(chat_server))  # REST API v2: search, messages
     root.putChild(b"admin", console_root(chat_server))  # the admin console (hipchat_server.web.console)
+    config = chat_server.get_config()
+    root.putChild(b"", webclient.WebClientPage(config.server.domain, config.rooms.service, config.web_client.assets_dir))
+    root.putChild(b"webclient", webclient.assets(config.web_client.assets_dir))  # Converse.js, /webclient/<version>/
+    root.putChild(b"static", webclient.package_static())
     if websocket_factory is not None:
         root.putChild(websocket.PATH, WebSocketResource(websocket_factory))
     # Bodies are parsed by the resources that take them (JSON; the OAuth grant's form): Twisted's own

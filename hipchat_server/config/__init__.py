@@ -386,6 +386,44 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class WebClientConfig:
+    """The web client served at ``/`` (section ``web_client``, optional: no section, no web client)."""
+
+    assets_dir: str = ""  # the unpacked Converse.js release (``<dir>/<version>``); empty: none installed
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "WebClientConfig":
+        if raw.get("web_client") is None:
+            return cls()
+        return cls(assets_dir=_Reader("web_client", _section(raw, "web_client")).str("assets_dir"))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus ``/metrics`` ports on 127.0.0.1 (section ``metrics``, optional: every key has a default).
+
+    Numbered processes (XMPP front end N, worker N) listen on their base port + N.
+    """
+
+    xmpp_base_port: int = 9410
+    indexer_port: int = 9420
+    worker_base_port: int = 9430
+    exporter_port: int = 9440
+
+    @classmethod
+    def load(cls, raw: Mapping[str, Any]) -> "MetricsConfig":
+        if raw.get("metrics") is None:
+            return cls()
+        r = _Reader("metrics", _section(raw, "metrics"))
+        return cls(
+            xmpp_base_port=r.port("xmpp_base_port", cls.xmpp_base_port),
+            indexer_port=r.port("indexer_port", cls.indexer_port),
+            worker_base_port=r.port("worker_base_port", cls.worker_base_port),
+            exporter_port=r.port("exporter_port", cls.exporter_port),
+        )
+
+
+@dataclass(frozen=True)
 class ApplianceConfig:
     supervisor_config: str
     data_dirs: dict[str, str]
@@ -415,6 +453,8 @@ class Config:
     backup: BackupConfig = field(default_factory=BackupConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    web_client: WebClientConfig = field(default_factory=WebClientConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @classmethod
     def parse(cls, raw: Any) -> "Config":
@@ -436,6 +476,8 @@ class Config:
             backup=BackupConfig.load(raw),
             rooms=RoomsConfig.load(raw),
             api=ApiConfig.load(raw),
+            web_client=WebClientConfig.load(raw),
+            metrics=MetricsConfig.load(raw),
         )
 
 
