@@ -62,10 +62,10 @@ def run_long(coroutine, timeout: float = SCENARIO_TIMEOUT):
 
 # Synthetic archives for the refusals: nothing in them would restore, so a refusal that did not happen
 # would still stop at the confirmation (the tests run without --yes on an appliance that holds data).
-def small_archive(path: str, chat_server, **manifest_changes) -> str:
+def small_archive(path: str, chat_server, passphrase: bytes | None = None, **manifest_changes) -> str:
     """A structurally sound archive (through ArchiveWriter, so every checksum is right) with ``manifest_changes``."""
     client = chat_server.get_opensearch_client()
-    writer = ArchiveWriter(path, None)
+    writer = ArchiveWriter(path, passphrase)
     writer.add_bytes("mariadb/hipchat.sql.gz", gzip.compress(b"-- nothing\n" + b"X" * 8192))
     writer.add_bytes("redis/jobs.json", json.dumps({"format": 1, "streams": {}, "delayed": []}).encode())
     manifest = {
@@ -113,6 +113,21 @@ def test_restore_refuses_an_archive_of_a_newer_schema(tmp_path, chat_server):
     result = run_appliance_cli("restore", path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "newer than this appliance's code" in result.stderr and "9999_written_by_a_later_version" in result.stderr
+    assert chat_core_pids() == before
+
+
+def test_restore_of_an_encrypted_archive_reads_the_passphrase_file(tmp_path, chat_server):
+    """A wrong passphrase is told apart from damage; the right one opens the archive (refused here for its newer schema)."""
+    path = small_archive(str(tmp_path / "sealed.tar.enc"), chat_server, b"correct passphrase", schema_revision="9999_later")
+    (tmp_path / "wrong").write_text("not the passphrase\n")
+    (tmp_path / "right").write_text("correct passphrase\n")
+    before = chat_core_pids()
+    wrong = run_appliance_cli("restore", path, "--passphrase-file", str(tmp_path / "wrong"))
+    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr, wrong.stderr
+    missing = run_appliance_cli("restore", path)
+    assert missing.returncode == 1 and "encrypted" in missing.stderr, missing.stderr
+    right = run_appliance_cli("restore", path, "--passphrase-file", str(tmp_path / "right"))
+    assert right.returncode == 1 and "9999_later" in right.stderr, right.stderr
     assert chat_core_pids() == before
 
 
