@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from ulid import ULID
@@ -175,3 +177,52 @@ def test_a_damaged_history_file_is_refused(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ImportRefused, match="history.json"):
         list(iter_json_array(str(path), 4))
+
+
+class _Archive:
+    def __init__(self, spool_dir):
+        self.spool_dir, self.spool_min_free_mb, self.spool_warn_bytes = spool_dir, 0, 1000
+
+
+class _Config:
+    def __init__(self, spool_dir):
+        self.archive = _Archive(spool_dir)
+
+
+class _Writer:
+    def __init__(self, directory):
+        self.directory = directory
+
+
+def _status(spool_dir, name, backlog):
+    (spool_dir / "indexer-status.json").write_text(json.dumps({"directories": {name: {"backlog_bytes": backlog, "segment": 1, "offset": 0}}}))
+
+
+def test_spooling_waits_while_the_indexer_is_far_behind_the_import(tmp_path, monkeypatch):
+    """Over half the spool warning level behind, the import waits until the indexer's status shows it caught up."""
+    import appliance.backup.hipchat_import as hipchat_import
+
+    monkeypatch.setattr(hipchat_import, "DRAIN_POLL_SECONDS", 0.01)
+    (tmp_path / "import-x").mkdir()
+    imp = GroupImport.__new__(GroupImport)
+    imp.config = _Config(str(tmp_path))
+    _status(tmp_path, "import-x", 900)
+    caught_up = threading.Timer(0.2, _status, (tmp_path, "import-x", 400))
+    caught_up.start()
+    started = time.monotonic()
+    imp._make_room(_Writer(str(tmp_path / "import-x")))
+    assert time.monotonic() - started >= 0.15
+
+
+def test_an_indexer_that_takes_nothing_ends_the_import_with_a_reason(tmp_path, monkeypatch):
+    """No progress for STALLED_SECONDS: ImportRefused telling the operator to check status and run the import again."""
+    import appliance.backup.hipchat_import as hipchat_import
+
+    monkeypatch.setattr(hipchat_import, "DRAIN_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(hipchat_import, "STALLED_SECONDS", 0.1)
+    (tmp_path / "import-x").mkdir()
+    imp = GroupImport.__new__(GroupImport)
+    imp.config = _Config(str(tmp_path))
+    _status(tmp_path, "import-x", 900)
+    with pytest.raises(hipchat_import.ImportRefused, match="run the same import again"):
+        imp._make_room(_Writer(str(tmp_path / "import-x")))
