@@ -442,3 +442,16 @@ def test_backup_wipe_install_restore_brings_everything_back(config, chat_server,
             assert stored_at >= cutoff, f"{body} was stored before the cut-off ({stored_at} < {cutoff}) and is missing"
     assert any(body in present for body, _, _ in during), "no message sent during the backup made it into the archive"
     shutil.rmtree(WORK_DIR, ignore_errors=True)
+    remove_test_messages(chat_server, [public, private], conversation_of(owner_jid, member_jid)[0])
+
+
+def remove_test_messages(chat_server, rooms: list[str], conversation: str) -> None:
+    """Delete this run's messages, and the backdated months' indices once empty (each run would add 2,400)."""
+    client = chat_server.get_opensearch_client()
+    prefix = chat_server.get_config().archive.index_prefix
+    query = {"bool": {"should": [{"terms": {"room": rooms}}, {"term": {"conversation": conversation}}]}}
+    client.delete_by_query(index=prefix, body={"query": query}, refresh=True, conflicts="proceed", request_timeout=120)
+    months = [f"{prefix}-{year:04d}.{month:02d}" for year, month in BACKDATED_MONTHS]
+    for name in months:
+        if client.indices.exists(index=name) and client.count(index=name)["count"] == 0:
+            client.indices.delete(index=name)
