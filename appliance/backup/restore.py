@@ -174,6 +174,11 @@ def stop_chat_core(config) -> None:
         raise RestoreFailed(f"supervisord did not stop the {CHAT_CORE_GROUP} programs: {e.faultString}") from e
 
 
+def chat_core_programs(config) -> set[str]:
+    """The names of the chat-core programs (``xmpp-0``, ``web``, ...): each has a spool directory of that name."""
+    return {i["name"] for i in _supervisor(config).getAllProcessInfo() if i["group"] == CHAT_CORE_GROUP}
+
+
 def start_chat_core(config, only: str | None = None, timeout: float = START_TIMEOUT_SECONDS) -> None:
     """Start the chat-core programs (or just ``only``, e.g. "indexer") and wait until they are RUNNING."""
     supervisor = _supervisor(config)
@@ -225,13 +230,28 @@ def _run(command: list[str], what: str) -> None:
 
 
 # The spool.
-def clear_spool(spool_dir: str) -> int:
-    """Remove every process's spool and the indexer's positions: what they held belongs to the state being replaced."""
+def clear_spool(spool_dir: str, processes: set[str]) -> int:
+    """Empty the spool: what it held belongs to the state being replaced. Returns the directories removed.
+
+    The directories of ``processes`` (the chat-core programs) are emptied but
+    kept: the installer made them for the service user, and a process that
+    must create its own as root (the HTTPS process, before it drops
+    privileges) would leave one the indexer cannot read. Any other directory
+    (an import's, an earlier restore's) goes, and so do the indexer's positions.
+    """
     from hipchat_server.indexing import STATUS_FILE
 
     removed = 0
     for entry in os.scandir(spool_dir):
-        if entry.is_dir() and not entry.name.startswith("."):
+        if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
+            continue
+        if entry.name in processes:
+            for item in os.scandir(entry.path):
+                if item.is_dir(follow_symlinks=False):
+                    shutil.rmtree(item.path)
+                else:
+                    os.unlink(item.path)
+        else:
             shutil.rmtree(entry.path)
             removed += 1
     try:
@@ -518,7 +538,7 @@ def restore_archive(server, reader, archive_path: str, *, confirm=None, steps: S
         steps.finish("redis")
 
         step_started = clock()
-        clear_spool(config.archive.spool_dir)
+        clear_spool(config.archive.spool_dir, chat_core_programs(config))
         names, ids_by_index = restore_spool(os.path.join(staging, "spool"), config.archive.spool_dir, stamp, prefix)
         spool_records = sum(len(ids) for ids in ids_by_index.values())
         expected_spool = (manifest.get("counts") or {}).get("spool_records")

@@ -156,3 +156,16 @@ def test_a_damaged_or_newer_archive_is_refused_before_the_question(guarded, tmp_
         restore.restore_archive(server, newer, "b.tar", confirm=asked.append)
     assert asked == [] and not damaged.extracted and not newer.extracted
     assert os.listdir(tmp_path) == []
+
+
+def test_clearing_the_spool_keeps_the_process_directories_and_removes_the_rest(tmp_path):
+    """Process directories stay (emptied, with their owner); an import's or an earlier restore's goes; positions go."""
+    from appliance.backup.restore import clear_spool
+
+    for name in ("xmpp-0", "web", "import-20260101T000000-1", "restored-x-xmpp-0"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "000000000001.seg").write_bytes(b"frames")
+    (tmp_path / "indexer-status.json").write_text("{}")
+    assert clear_spool(str(tmp_path), {"xmpp-0", "web", "indexer"}) == 2
+    assert sorted(os.listdir(tmp_path)) == ["web", "xmpp-0"]
+    assert os.listdir(tmp_path / "web") == [] and os.listdir(tmp_path / "xmpp-0") == []
