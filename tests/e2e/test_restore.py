@@ -402,6 +402,9 @@ def test_backup_wipe_install_restore_brings_everything_back(config, chat_server,
     shutil.rmtree(aside, ignore_errors=True)
 
     # 4. Everything is back.
+    owner_of_spool = os.stat(spool_dir).st_uid
+    for name in ("web", "xmpp-0", "xmpp-1"):  # the indexer (the service user) must be able to read each
+        assert os.stat(os.path.join(spool_dir, name)).st_uid == owner_of_spool, f"spool/{name} changed owner"
     assert database_rows(chat_server, [public, private], [owner, member, outsider]) == before
     assert corpus_counts(chat_server) == corpus_before
     api = Api(config)
