@@ -64,13 +64,13 @@ def parse_hipchat_timestamp(text: str) -> int:
     if not isinstance(text, str) or not text:
         raise ValueError("no timestamp")
     moment, _, micros = text.strip().partition(" ")
+    if micros and not micros.isdigit():
+        moment, micros = text.strip(), ""  # "2014-09-04 19:02:42": ISO 8601 with a space, not HipChat's microseconds
     parsed = datetime.fromisoformat(moment.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     ms = int(parsed.timestamp()) * 1000 + parsed.microsecond // 1000
     if micros:
-        if not micros.isdigit():
-            raise ValueError(f"the microseconds of {text!r} are not a number")
         ms = int(parsed.timestamp()) * 1000 + int(micros) // 1000
     if ms < 0 or ms >= 2**48:
         raise ValueError(f"{text!r} is out of range")

@@ -29,9 +29,10 @@ def test_plain_iso_timestamps_with_offsets_are_read_as_utc():
     """An ISO 8601 time with an offset (HipChat's 'created') is converted to UTC."""
     assert parse_hipchat_timestamp("2025-03-04T11:00:00+01:00") == parse_hipchat_timestamp("2025-03-04T10:00:00Z 000000")
     assert parse_hipchat_timestamp("2025-03-04T10:00:00.5") == 1741082400500  # no offset: UTC
+    assert parse_hipchat_timestamp("2025-03-04 10:00:00") == 1741082400000  # a space instead of the T
 
 
-@pytest.mark.parametrize("text", ["", "yesterday", "2025-03-04T10:00:00Z abc", None])
+@pytest.mark.parametrize("text", ["", "yesterday", "2025-03-04T10:00:00Z abc", "2025-03-04T10:00:00Z 12x", None])
 def test_unreadable_timestamps_raise(text):
     """A timestamp that is not HipChat's or ISO 8601 is an error, never a guess."""
     with pytest.raises((ValueError, TypeError)):
