@@ -2,12 +2,13 @@
 result, create now, download, verify. Restore stays a CLI action (it stops the chat service); the page
 says how.
 
-The backup directory is root's alone (0700: an archive may hold the
-configuration), and this process runs as the service user, so the page
-reads it only where the operator granted access; otherwise it says so and
-gives the CLI commands. "Create now" and "verify" run the CLI
-(`hipchat-appliance backup create|verify`) as a child process and show its
-output when it ends.
+The backup directory is root's alone (0700: an archive holds the whole
+database) and this process runs as the service user, so the page asks the
+root agent (`agent`, a supervisor program) over its UNIX socket: the
+listing, "create now" and "verify" (the CLI run by the agent; the page shows
+each run's outcome) and, for a download, the archive's open file. Without
+the agent it reads the directory itself (where the operator made it
+readable) and runs the CLI as the service user.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import os
 import time
 
 from twisted.internet import defer, utils
-from twisted.web.static import File
+from twisted.protocols.basic import FileSender
+from twisted.web.server import NOT_DONE_YET
 
 from hipchat_server import audit
+from hipchat_server.web.console import agent
 from hipchat_server.web.console.app import Refused
 
 CLI = "/opt/hipchat/venv/bin/hipchat-appliance"
@@ -66,11 +69,27 @@ def _user() -> str:
 
 def register(console) -> None:
     directory = console.chat_server.get_config().backup.dir
-    runs: dict[str, dict] = {}  # "create" / "verify <name>" -> {started, finished, output, code}
+    agent_socket = agent.socket_path(agent.RUN_DIR)
+    runs: dict[str, dict] = {}  # what this process started itself, when there is no agent
 
-    def start(kind: str, args: list[str], admin) -> None:
-        if runs.get(kind, {}).get("finished") is None and kind in runs:
-            raise Refused(f"{kind} is running already (started {int(time.time() - runs[kind]['started'])} s ago)")
+    def via_agent() -> bool:
+        return os.path.exists(agent_socket)
+
+    def listing() -> dict:
+        """From the agent (root) when it runs; else read here, which works only where the directory is readable."""
+        if via_agent():
+            try:
+                reply, _ = agent.ask(agent_socket, {"op": "list"})
+            except OSError as e:
+                return {"archives": [], "last": None, "runs": {}, "error": f"the console agent does not answer ({e})"}
+            if reply.get("ok"):
+                return {"archives": reply["archives"], "last": reply["last"], "runs": reply["runs"], "error": None}
+            return {"archives": [], "last": None, "runs": {}, "error": reply.get("error")}
+        return dict(list_backups(directory), runs=runs)
+
+    def start_here(kind: str, args: list[str]) -> None:
+        if kind in runs and runs[kind]["finished"] is None:
+            raise Refused(f"{kind} is running already")
         runs[kind] = {"started": time.time(), "finished": None, "output": "", "code": None}
         d = utils.getProcessOutputAndValue(CLI, args, env=dict(os.environ))
 
@@ -78,23 +97,29 @@ def register(console) -> None:
             out, err, code = result
             runs[kind].update(finished=time.time(), output=(out + err).decode("utf-8", "replace")[-4000:], code=code)
 
-        def failed(failure):
-            runs[kind].update(finished=time.time(), output=str(failure.value), code=-1)
+        d.addCallbacks(ended, lambda failure: runs[kind].update(finished=time.time(), output=str(failure.value), code=-1))
 
-        d.addCallbacks(ended, failed)
+    @defer.inlineCallbacks
+    def start(kind: str, request: dict, args: list[str]):
+        if not via_agent():
+            start_here(kind, args)
+            return
+        reply, _ = yield console.run_blocking(agent.ask, agent_socket, request)
+        if not reply.get("ok"):
+            raise Refused(reply.get("error") or "the console agent refused")
 
     @console.page("/backups")
     @defer.inlineCallbacks
     def page(request, admin):
-        listing = yield console.run_blocking(list_backups, directory)
-        return "backups.html", dict(listing, section="backups", directory=directory, runs=runs, now=time.time())
+        shown = yield console.run_blocking(listing)
+        return "backups.html", dict(shown, section="backups", directory=directory, now=time.time())
 
     @console.action("/backups/create")
     @defer.inlineCallbacks
     def create(request, admin, form):
-        start("create", ["backup", "create"], admin)
+        yield start("create", {"op": "create", "by": admin.username}, ["backup", "create"])
         yield console.run_blocking(audit.record, admin.username, "backup.create", directory)
-        return "/admin/backups", "A backup was started; this page shows its outcome when it ends (reload)."
+        return "/admin/backups", "A backup was started; reload this page for its outcome."
 
     @console.action("/backups/verify")
     @defer.inlineCallbacks
@@ -102,20 +127,30 @@ def register(console) -> None:
         name = os.path.basename(form.get("name", ""))
         if not name.endswith(ARCHIVE_SUFFIXES):
             raise Refused("no such archive")
-        start(f"verify {name}", ["backup", "verify", os.path.join(directory, name)], admin)
+        yield start(f"verify {name}", {"op": "verify", "name": name, "by": admin.username}, ["backup", "verify", os.path.join(directory, name)])
         yield console.run_blocking(audit.record, admin.username, "backup.verify", name)
-        return "/admin/backups", f"Verifying {name}; reload for the outcome."
+        return "/admin/backups", f"Verifying {name}; reload this page for the outcome."
 
     @console.page("/backups/download/<name>")
     @defer.inlineCallbacks
     def download(request, admin, name):
         name = os.path.basename(name)
-        path = os.path.join(directory, name)
-        if not name.endswith(ARCHIVE_SUFFIXES) or not os.access(path, os.R_OK):
-            raise Refused(f"{name}: no such archive, or this process may not read it")
+        if not name.endswith(ARCHIVE_SUFFIXES):
+            raise Refused("no such archive")
+        if via_agent():
+            reply, fd = yield console.run_blocking(agent.ask, agent_socket, {"op": "open", "name": name})
+            if fd is None:
+                raise Refused(reply.get("error") or f"{name}: no such archive")
+            archive = os.fdopen(fd, "rb")
+        else:
+            try:
+                archive = open(os.path.join(directory, name), "rb")
+            except OSError as e:
+                raise Refused(f"{name}: {e.strerror}") from None
         yield console.run_blocking(audit.record, admin.username, "backup.download", name)
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", str(os.fstat(archive.fileno()).st_size).encode())
         request.setHeader(b"content-disposition", f'attachment; filename="{name}"'.encode())
-        File(path, defaultType="application/octet-stream").render_GET(request)
-        from twisted.web.server import NOT_DONE_YET
-
+        sent = FileSender().beginFileTransfer(archive, request)
+        sent.addBoth(lambda _: (archive.close(), request.finish()))
         return None, NOT_DONE_YET

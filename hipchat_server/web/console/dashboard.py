@@ -3,12 +3,14 @@ indexing, OpenSearch heap per node (a warning above 75 %), Redis primary and rep
 
 from __future__ import annotations
 
+import os
 import time
 
 from twisted.internet import defer
 
 from hipchat_server.capacity import HEAP_WARNING_PERCENT
-from hipchat_server.dashboard import DashboardFigures, gather
+from hipchat_server.dashboard import DashboardFigures, gather, sections_of
+from hipchat_server.web.console import agent
 
 CHART_WIDTH, CHART_HEIGHT = 600, 140
 
@@ -24,7 +26,17 @@ def chart(series, width: int = CHART_WIDTH, height: int = CHART_HEIGHT) -> dict:
 
 
 def register(console) -> None:
-    figures = DashboardFigures(lambda: gather(console.chat_server))
+    agent_socket = agent.socket_path(agent.RUN_DIR)
+
+    def from_agent():
+        """The status as root sees it (supervisor's processes, the backups), from the console's agent."""
+        reply, _ = agent.ask(agent_socket, {"op": "status"}, timeout=60)
+        if not reply.get("ok"):
+            raise RuntimeError(reply.get("error"))
+        return sections_of(reply["status"])
+
+    # Without the agent (not installed yet) the checks run here, as the service user: some show "unknown".
+    figures = DashboardFigures(lambda: gather(console.chat_server, from_agent if os.path.exists(agent_socket) else None))
 
     @console.page("/")
     @defer.inlineCallbacks
