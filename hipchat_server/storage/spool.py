@@ -79,6 +79,20 @@ def read_frames(path: str) -> tuple[list[dict], int]:
     return records, offset
 
 
+def _give_to_parent_owner(path: str) -> None:
+    """Make ``path`` belong to the owner of its directory, when root created it.
+
+    The indexer runs as the service user and must read every segment. A
+    process writing as root (the HTTPS process before it drops privileges,
+    an administrator's command, a restore) would otherwise leave a segment
+    the indexer cannot open: its messages durable but never indexed.
+    """
+    if os.geteuid() != 0:
+        return
+    parent = os.stat(os.path.dirname(os.path.abspath(path)))
+    os.chown(path, parent.st_uid, parent.st_gid)
+
+
 class Spool:
     """A group-committing, append-only spool in ``directory``. `open` it, `append`, `close` it."""
 
@@ -100,7 +114,9 @@ class Spool:
     # Life cycle.
     def open(self) -> None:
         """Recover the newest segment (cut a torn last frame) and start the writer thread."""
-        os.makedirs(self.directory, mode=0o750, exist_ok=True)
+        if not os.path.isdir(self.directory):
+            os.makedirs(self.directory, mode=0o750, exist_ok=True)
+            _give_to_parent_owner(self.directory)
         segments = self.segments()
         if segments:
             newest = segments[-1]
@@ -201,6 +217,7 @@ class Spool:
     def _start_segment(self, number: int) -> None:
         self._segment = Segment(number, os.path.join(self.directory, _segment_name(number)))
         self._file = open(self._segment.path, "ab")
+        _give_to_parent_owner(self._segment.path)
         self._size = self._file.tell()
         # The new file's directory entry must be durable too, or a crash could lose the whole segment.
         fd = os.open(self.directory, os.O_RDONLY)

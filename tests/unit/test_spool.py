@@ -141,3 +141,21 @@ def test_a_record_over_the_limit_is_refused_at_once(tmp_path, handoff):
     results = fired([sp.append({"body": "x" * (spool_module.MAX_RECORD_BYTES + 1)})])
     sp.close()
     assert results[0].check(SpoolError)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can create files for another owner")
+def test_a_spool_opened_by_root_belongs_to_the_spool_directorys_owner(tmp_path, handoff):
+    """Root (a process before it drops privileges, a CLI, a restore) must not leave segments the indexer cannot read."""
+    service_uid, service_gid = 65534, 65534  # nobody/nogroup: any owner other than root
+    os.chown(tmp_path, service_uid, service_gid)
+    spool = Spool(str(tmp_path / "web"), handoff, segment_bytes=1024)
+    spool.open()
+    try:
+        # The second record rotates: its segment is created after open, by the writer thread.
+        for n in range(3):
+            assert append_all(spool, handoff, [{"id": f"0{n}", "body": "x" * 900}]) == [None]
+    finally:
+        spool.close()
+    assert (os.stat(tmp_path / "web").st_uid, os.stat(tmp_path / "web").st_gid) == (service_uid, service_gid)
+    owners = {(os.stat(segment.path).st_uid, os.stat(segment.path).st_gid) for segment in spool.segments()}
+    assert len(spool.segments()) >= 2 and owners == {(service_uid, service_gid)}
