@@ -209,7 +209,7 @@ def create_backup(
         writer = ArchiveWriter(path, passphrase)
         writer.add_file("mariadb/hipchat.sql.gz", dump.path)
         reporter.advance(dump.bytes)
-        writer.add_tree("opensearch/repository", snapshot.location, progress=lambda _m, n: reporter.advance(n))
+        writer.add_tree("opensearch/repository", snapshot.location, progress=lambda _m, n: reporter.advance(n), drop_cache=True)
         for copy in copies:
             writer.add_file(copy.member, copy.path, size=copy.bytes)
             reporter.advance(copy.bytes)
