@@ -115,6 +115,15 @@ def register(app, context: api.ApiContext) -> None:
         return None
 
     # Reading.
+    @api.route(app, "POST", "/room/<room>/share/file", scope="send_message")
+    @defer.inlineCallbacks
+    def share_file(request, caller, room):
+        """HipChat's upload: refused. 403 while the file_sharing flag is off for the caller, else 501 (no file store yet)."""
+        flags = feature_flags.for_server(context.chat_server) if context.chat_server is not None else None
+        if flags is not None and not (yield context.run_blocking(flags.enabled, feature_flags.FILE_SHARING, caller.username)):
+            raise api.ApiError(403, "file sharing is turned off for this account by an administrator")
+        raise api.ApiError(501, "this appliance does not store files yet: share a link instead (POST /v2/room/<room>/share/link)")
+
     @api.route(app, "GET", "/room/<room>/history", scope="view_messages")
     @defer.inlineCallbacks
     def history(request, caller, room):

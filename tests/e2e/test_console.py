@@ -79,6 +79,7 @@ def flags_restored(chat_server):
 
     flags = feature_flags.FeatureFlags(FeatureFlagStore(chat_server.get_database_engine()))
     flags.set(feature_flags.API_MESSAGE_SENDING, "on")
+    flags.set(feature_flags.FILE_SHARING, "on")
 
 
 @pytest.fixture(scope="module")
@@ -332,6 +333,29 @@ def test_group_flag_changes_the_feature_for_that_group_only(admin_page, accounts
     form.locator("button[type=submit]").click()
     page.wait_for_load_state()
     assert post(dave_token) == 201
+
+
+def test_flag_set_from_the_cli_reaches_the_api_within_seconds(accounts, admin_page, flags_restored):
+    """`hipchat-appliance flag set file_sharing off` (another process) makes uploads 403 within the 5 s cache, no restart; on again: 501 (no file store)."""
+    token = create_token(admin_page, accounts["dave"], ("send_message", "manage_rooms"))
+    status, room = api("POST", "/room", token, {"name": f"{accounts['dave']}-files"})
+    assert status == 201, room
+
+    def upload():
+        return api("POST", f"/room/{room['id']}/share/file", token, {})[0]
+
+    assert upload() == 501
+    assert run_appliance_cli("flag", "set", "file_sharing", "off").returncode == 0
+    started = time.monotonic()
+    while upload() != 403:
+        assert time.monotonic() - started < 8, "the flag set by the CLI did not reach the HTTPS process"
+        time.sleep(0.5)
+    print(f"the CLI's change reached the API after {time.monotonic() - started:.1f} s")
+    assert run_appliance_cli("flag", "set", "file_sharing", "on").returncode == 0
+    started = time.monotonic()
+    while upload() != 501:
+        assert time.monotonic() - started < 8
+        time.sleep(0.5)
 
 
 def test_backups_page_lists_every_archive(admin_page, config, screenshots):
