@@ -18,6 +18,7 @@ import sys
 import threading
 from datetime import datetime, timezone
 
+from hipchat_server import metrics
 from hipchat_server.app.process import drop_privileges, start_process
 from hipchat_server.indexing import SpoolIndexer
 from hipchat_server.storage.message_index import BULK_TIMEOUT_SECONDS, MessageIndex
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     # The month thread has its own client: a client's connection pool keeps one connection per node.
     months = MessageIndex(create_opensearch_client(config.opensearch), archive.index_prefix)
     indexer = SpoolIndexer(archive.spool_dir, index)
+    metrics.register(metrics.IndexingCollector(archive))
+    metrics.serve(config.metrics.indexer_port)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: indexer.stop())
     threading.Thread(

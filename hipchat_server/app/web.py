@@ -19,10 +19,10 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer, reactor, ssl, threads
 from twisted.web import resource, server
 
-from hipchat_server import __version__, health
+from hipchat_server import __version__, health, metrics
 from hipchat_server.app.process import drop_privileges, start_process
 from hipchat_server.app.xmpp import open_session_directory, start_frontend
-from hipchat_server.rest import api_root
+from hipchat_server.rest import api_context, api_root
 from hipchat_server.rest.body_limit import BodyLimitedRequest
 from hipchat_server.server import ChatServer
 from hipchat_server.web.console import console_root
@@ -91,13 +91,14 @@ def build_site(chat_server: ChatServer, websocket_factory: websocket.XmppWebSock
     root.putChild(b"", webclient.WebClientPage(config.server.domain, config.rooms.service, config.web_client.assets_dir))
     root.putChild(b"webclient", webclient.assets(config.web_client.assets_dir))  # Converse.js, /webclient/<version>/
     root.putChild(b"static", webclient.package_static())
+    root.putChild(b"metrics", metrics.MetricsResource(api_context(chat_server).authenticator.caller))  # 127.0.0.1 or an admin token
     if websocket_factory is not None:
         root.putChild(websocket.PATH, WebSocketResource(websocket_factory))
     # Bodies are parsed by the resources that take them (JSON; the OAuth grant's form): Twisted's own
     # form parsing reads the Content-Type through the email package on every POST (a tenth of the
     # HTTPS process's time per API notification) and would hold a large multipart upload in memory.
     # Bodies are bounded while they arrive (rest.body_limit), not after Twisted has kept them whole.
-    return server.Site(root, requestFactory=BodyLimitedRequest, parsePOSTFormSubmission=False)
+    return metrics.MeasuredSite(root, requestFactory=BodyLimitedRequest, parsePOSTFormSubmission=False)
 
 
 def join_frontends(chat_server: ChatServer, websocket_factory: websocket.XmppWebSocketFactory) -> defer.Deferred:
@@ -109,7 +110,8 @@ def join_frontends(chat_server: ChatServer, websocket_factory: websocket.XmppWeb
 
     def joined(directory):
         # The streams are inside HTTPS already: nothing here starts TLS, so no TLS options.
-        _, direct_tls = start_frontend(chat_server, None, directory)
+        starttls, direct_tls = start_frontend(chat_server, None, directory)
+        metrics.register(metrics.ConnectionsCollector(starttls.sessions, (starttls, direct_tls)))
         websocket_factory.client_factory = direct_tls
         log.info("serving XMPP over WebSocket at /%s as front end %s", websocket.PATH.decode(), directory.frontend_id)
 

@@ -24,6 +24,7 @@ import time
 
 from twisted.internet import reactor, threads
 
+from hipchat_server import metrics
 from hipchat_server import feature_flags
 from hipchat_server.app.process import drop_privileges, start_process
 from hipchat_server.jobs import JobQueue, PermanentJobError
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     drop_privileges(config.server.user)  # a no-op under supervisor's `user =`
     chat_server = ChatServer(config)
     runner = build_runner(chat_server)
+    metrics.register(metrics.JobQueueCollector(chat_server.get_redis_primary))
+    metrics.serve(config.metrics.worker_base_port + metrics.process_number())
     reactor.callWhenRunning(runner.start)
     reactor.addSystemEventTrigger("before", "shutdown", runner.stop)
     reactor.run()

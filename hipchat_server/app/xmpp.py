@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from hipchat_server import metrics
 from hipchat_server import users_admin
 from hipchat_server.app.process import GarbageCollectionWatch, drop_privileges, start_process, tune_garbage_collection
 from hipchat_server.config import Config
@@ -235,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hipchat-xmpp: Redis did not answer for {REDIS_START_WAIT_SECONDS:.0f} s; is redis-primary running?", file=sys.stderr)
             return 1
         starttls, direct = start_frontend(chat_server, tls_options, directory)
+        metrics.register(metrics.ConnectionsCollector(starttls.sessions, (starttls, direct)))
+        metrics.serve(config.metrics.xmpp_base_port + metrics.process_number())
         throttle = LoginThrottle(MAX_LOGINS_IN_PROGRESS)
         listen(xmpp.bind_address, xmpp.c2s_port, starttls, throttle)
         listen(xmpp.bind_address, xmpp.c2s_tls_port, TLSMemoryBIOFactory(tls_options, False, direct), throttle)

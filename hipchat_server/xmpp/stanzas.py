@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from twisted.words.xish import domish
 
+from hipchat_server import metrics
 from hipchat_server.xmpp.errors import StreamError, stanza_error_reply
 from hipchat_server.xmpp.jid import JID, InvalidJID, parse_jid
 from hipchat_server.xmpp.xml_parser import CLIENT_NS, StreamLimits, StreamParser
@@ -40,6 +41,7 @@ def check_from_client(stanza: domish.Element, sender: JID) -> None:
     """
     if stanza.uri != CLIENT_NS or stanza.name not in STANZA_NAMES:
         raise StreamError("unsupported-stanza-type", f"<{stanza.name}/> in {stanza.uri!r} is not a stanza")
+    metrics.count_stanza(stanza.name)
     claimed = stanza.getAttribute("from")
     if claimed is not None:
         try:
