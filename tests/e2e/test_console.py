@@ -229,8 +229,31 @@ def test_post_without_the_sessions_csrf_token_is_refused(admin_page, browser, ac
     assert _user(chat_server, f"{prefix}csrf") is None
 
 
-def test_created_user_logs_in_and_deactivating_closes_the_session(admin_page, accounts, prefix, config, chat_server, screenshots):
-    """A user created in the console logs in over XMPP; deactivating them ends that stream at once and refuses a new login."""
+def web_client_log_in(browser, username: str, password: str):
+    """Log in to the web client at / (Converse.js) in a fresh browser context; its page once the contacts show, or None without a web client."""
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    page.goto(f"{BASE}/")
+    if page.locator("#converse-login-jid").count() == 0:
+        page.wait_for_timeout(3000)  # the form is drawn by the client's script
+    if page.locator("#converse-login-jid").count() == 0:
+        context.close()
+        return None
+    page.fill("#converse-login-jid", username)
+    page.fill("#converse-login-password", password)
+    page.click("converse-login-form [type=submit]")
+    page.wait_for_selector("converse-roster", timeout=30_000)
+    return page
+
+
+def bound_resources(config, username: str) -> dict:
+    from hipchat_server.storage.redis import primary_client
+
+    return primary_client(config.redis).hgetall(f"xmpp:sessions:{username}@{config.server.domain}")
+
+
+def test_created_user_logs_in_and_deactivating_closes_the_session(admin_page, browser, accounts, prefix, config, chat_server, screenshots):
+    """A user created in the console logs in to the web client and over XMPP; deactivating them ends both streams at once and refuses a new login."""
     page = admin_page
     username = f"{prefix}erin"
     page.goto(f"{BASE}/admin/users")
@@ -244,20 +267,32 @@ def test_created_user_logs_in_and_deactivating_closes_the_session(admin_page, ac
     assert len(password) >= 12
     page.screenshot(path=os.path.join(screenshots, "user-created.png"), full_page=True)
 
+    web_client = web_client_log_in(browser, username, password)
+    if web_client is None:
+        print("no web client at / on this appliance: only the XMPP login is checked")
+    else:
+        web_client.screenshot(path=os.path.join(screenshots, "web-client-new-user.png"))
     endpoint = Endpoint(config)
     session = XmppSession(endpoint, username, password).start()
     try:
         assert session.ok, "the new user could not log in"
+        streams = 1 + (web_client is not None)
+        assert len(bound_resources(config, username)) == streams
         page.goto(f"{BASE}/admin/users/{username}")
         page.screenshot(path=os.path.join(screenshots, "user.png"), full_page=True)
         started = time.monotonic()
         page.click("#deactivate")
         page.wait_for_load_state()
-        assert "is deactivated: 1 chat sessions" in page.inner_text(".notice")
+        assert f"is deactivated: {streams} chat sessions" in page.inner_text(".notice")
         assert session.ended.wait(10), "the deactivated user's XMPP session stayed open"
         print(f"session closed {time.monotonic() - started:.2f} s after the click")
+        while bound_resources(config, username):  # the web client's WebSocket stream too
+            assert time.monotonic() - started < 10, f"still bound: {bound_resources(config, username)}"
+            time.sleep(0.2)
     finally:
         session.stop()
+        if web_client is not None:
+            web_client.context.close()
     again = XmppSession(endpoint, username, password).start()
     again.stop()
     assert again.ok is False, "a deactivated user logged in again"
