@@ -1,9 +1,6 @@
-"""`hipchat-appliance flag ...`, `group ...` and `user deactivate`: the console's feature flags, groups and
-deactivation from the command line, through the same domain calls (and the same audit log).
-
-Changes are recorded in the audit log as made by ``cli:<unix user>``.
-Registered on the ``cli`` group by one import in `appliance.cli`.
-"""
+"""`hipchat-appliance flag`, `group`, `user deactivate`, `user import` and `audit`: the console's feature
+flags, groups, deactivation, CSV import and audit log from the command line, through the same domain
+calls (and the same audit log)."""
 
 from __future__ import annotations
 
@@ -170,3 +167,51 @@ def user_deactivate(ctx: click.Context, username: str) -> None:
     """Stop USERNAME from logging in and end every chat and browser session they have now (as the console does)."""
     ended = _change(_users_admin(ctx).deactivate, _actor(), username)
     console.print(f"{escape(username)} is deactivated: {ended['xmpp_streams']} chat sessions and {ended['web_sessions']} browser sessions ended.")
+
+
+@user.command("import")
+@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--dry-run", is_flag=True, help="Only check the file: print each row's problems, create nobody.")
+@click.pass_context
+def user_import(ctx: click.Context, csv_file, dry_run: bool) -> None:
+    """Create users from CSV_FILE (columns username,name,email[,password,groups,admin]); rows with errors are skipped.
+
+    A row without a password gets a generated one, printed once.
+    """
+    admin = _users_admin(ctx)
+    text = csv_file.read()
+    rows = _change(admin.preview_import, text) if dry_run else _change(admin.run_import, _actor(), text)
+    table = Table(title="Import preview" if dry_run else "Import")
+    for column in ("line", "username", "email", "outcome", "generated password"):
+        table.add_column(column)
+    for row in rows:
+        outcome = ("; ".join(row.errors) or "ok") if dry_run else row.outcome
+        table.add_row(str(row.line), escape(row.username), escape(row.email), escape(outcome), row.generated_password)
+    console.print(table)
+    failed = [r for r in rows if r.errors or (not dry_run and r.outcome != "created")]
+    if failed:
+        sys.exit(EXIT_REFUSED)
+
+
+@cli.command("audit")
+@click.option("--actor", help="Only changes made by this admin (cli:<user> for the CLI).")
+@click.option("--action", help="Only this action, e.g. user.deactivate, flag.set.")
+@click.option("--target", help="Only targets containing this text.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@click.pass_context
+def audit_log(ctx: click.Context, actor, action, target, limit: int, as_json: bool) -> None:
+    """The audit log of administrative changes (console and CLI), newest first."""
+    from hipchat_server import audit
+
+    audit.for_server(_chat_server(ctx))
+    entries, total = audit.entries(actor=actor, action=action, target=target, limit=limit)
+    if as_json:
+        click.echo(json.dumps({"total": total, "entries": [e.__dict__ for e in entries]}, indent=2, default=str))
+        return
+    table = Table(title=f"Audit log ({len(entries)} of {total})")
+    for column in ("when (UTC)", "who", "action", "target", "details"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), escape(e.actor), e.action, escape(e.target), escape(e.details or ""))
+    console.print(table)
