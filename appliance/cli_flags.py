@@ -1,6 +1,10 @@
 """`hipchat-appliance flag`, `group`, `user deactivate`, `user import` and `audit`: the console's feature
 flags, groups, deactivation, CSV import and audit log from the command line, through the same domain
-calls (and the same audit log)."""
+calls (and the same audit log).
+
+Changes are recorded in the audit log as made by ``cli:<unix user>``.
+Registered on the ``cli`` group by one import in `appliance.cli`.
+"""
 
 from __future__ import annotations
 
