@@ -77,7 +77,11 @@ def run_installer(release_dir: str, progress: Progress, extra_vars: tuple[str, .
     Raises UpgradeFailed when the installer exits non-zero (its last lines in the message).
     """
     installer = os.path.join(release_dir, "installer", "install.sh")
-    argv = ["bash", installer, "-e", f"hipchat_offline_dir={release_dir}", "-e", "chat_core_rolling_restart=true"]
+    # --offline-dir: pip with --no-index, apt from the bundle's debs/, hipchat_offline_dir for the roles.
+    # No port check: on an upgrade the ports are held by the running appliance itself (and, run
+    # in a network namespace, by whatever carries them in, which preflight cannot tell apart).
+    argv = ["bash", installer, "--offline-dir", release_dir, "-e", "chat_core_rolling_restart=true",
+            "-e", '{"preflight_ports": {}}']
     for var in extra_vars:
         argv += ["-e", var]
     progress.say(f"running {' '.join(argv)}")
@@ -173,7 +177,8 @@ def apply_bundle(
     step("backup", t)
 
     t = time.monotonic()
-    if releases.linked_release("current") is None:
+    current = releases.linked_release("current")
+    if current is None or releases.release_info(current).get("adopted"):
         adopted = releases.adopt_running()
         progress.say(f"the running version {running} was installed without a bundle: kept as release {adopted}")
         releases.set_links(adopted, releases.linked_release("previous"))
@@ -205,7 +210,7 @@ def apply_bundle(
     if failure is None:
         t = time.monotonic()
         progress.say("checking health: status, an XMPP login, a REST call")
-        results = check_health(chat_server, say=progress.say)
+        results = check_health(chat_server, say=progress.say, test_hook=True)
         step("health", t)
         entry["health"] = {r.name: {"ok": r.ok, "detail": r.detail} for r in results}
         bad = [r for r in results if not r.ok]

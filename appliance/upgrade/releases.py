@@ -126,13 +126,16 @@ def unpack(bundle_path: str, version: str) -> str:
 def adopt_running() -> str:
     """Make ``releases/<running version>`` for an appliance installed without a bundle; returns its path.
 
+    A release adopted before is made again from what is installed now.
+
     Its ``wheels/`` holds the installed project packed back into a wheel, enough for a
     rollback to reinstall it offline (the dependencies are the ones already installed).
     """
     version = installed_version()
     target = release_path(version)
-    if os.path.isdir(target):
-        return target
+    if os.path.isdir(target) and not release_info(target).get("adopted"):
+        return target  # this version came from a bundle: that is the release
+    # Adopted again at every upgrade: the online installer may have put newer code in since.
     staging = os.path.join(releases_dir(), f".adopt-{version}")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(os.path.join(staging, "wheels"))
@@ -146,6 +149,8 @@ def adopt_running() -> str:
             info["source_checksum"] = f.read().strip()
     with open(os.path.join(staging, "release.json"), "w") as f:
         json.dump(info, f, indent=2)
+    if os.path.isdir(target):
+        shutil.rmtree(target)
     os.rename(staging, target)
     return target
 
