@@ -278,3 +278,22 @@ class Search:
             if len(self.gone_rooms) >= MAX_GONE_ROOMS:
                 return
             self.gone_rooms.add(room)
+
+
+def search_for(chat_server, history=None) -> Search:
+    """The `Search` over ``chat_server``'s history stores (``history``: a `history.History` already made, else a new one).
+
+    The REST API's ``/v2/search`` and the search page both search through this.
+    """
+    from hipchat_server.history import history_for
+
+    config = chat_server.get_config()
+    history = history or history_for(chat_server)
+    return Search(
+        history.store,
+        history.rooms,
+        run_search=history.run_search,
+        run_database=history.run_database,
+        domain=config.server.domain,
+        rooms_service=f"{config.rooms.service}.{config.server.domain}",
+    )

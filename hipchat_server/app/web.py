@@ -26,7 +26,10 @@ from hipchat_server.rest import api_context, api_root
 from hipchat_server.rest.body_limit import BodyLimitedRequest
 from hipchat_server.server import ChatServer
 from hipchat_server.web.console import console_root
+from hipchat_server.search import search_for
 from hipchat_server.web import webclient
+from hipchat_server.web.search_page import SearchPage
+from hipchat_server.web.sessions import web_sessions
 from hipchat_server.xmpp import websocket
 
 log = logging.getLogger("hipchat.web")
@@ -91,6 +94,7 @@ def build_site(chat_server: ChatServer, websocket_factory: websocket.XmppWebSock
     root.putChild(b"", webclient.WebClientPage(config.server.domain, config.rooms.service, config.web_client.assets_dir))
     root.putChild(b"webclient", webclient.assets(config.web_client.assets_dir))  # Converse.js, /webclient/<version>/
     root.putChild(b"static", webclient.package_static())
+    root.putChild(b"search", SearchPage(web_sessions(chat_server), search_for(chat_server), config.server.domain))
     root.putChild(b"metrics", metrics.MetricsResource(api_context(chat_server).authenticator.caller))  # 127.0.0.1 or an admin token
     if websocket_factory is not None:
         root.putChild(websocket.PATH, WebSocketResource(websocket_factory))

@@ -90,21 +90,10 @@ def _mount_search(app, context, chat_server) -> None:
     from hipchat_server.history import history_for
     from hipchat_server.rest.messages import MessagesResource
     from hipchat_server.rest.search import SearchResource
-    from hipchat_server.search import Search
+    from hipchat_server.search import search_for
 
-    config = chat_server.get_config()
     history = history_for(chat_server)
-    search = SearchResource(
-        context,
-        Search(
-            history.store,
-            history.rooms,
-            run_search=history.run_search,
-            run_database=history.run_database,
-            domain=config.server.domain,
-            rooms_service=f"{config.rooms.service}.{config.server.domain}",
-        ),
-    )
+    search = SearchResource(context, search_for(chat_server, history))
     messages = MessagesResource(context, history)
     app.route("/search", branch=True, methods=["GET"], endpoint="search")(lambda request: search)
     app.route("/messages", branch=True, methods=["GET"], endpoint="messages")(lambda request: messages)

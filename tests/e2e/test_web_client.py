@@ -1,4 +1,4 @@
-"""The web client (Converse.js served at ``/``) in a real headless Chromium, with a slixmpp client in the same room.
+"""The web client (Converse.js served at ``/``) and its search page in a real headless Chromium, with a slixmpp client in the same room.
 
 Two people log in through the browser, join one room and talk both ways; a
 slixmpp client in that room sees what the browsers sent and the browsers see
@@ -51,9 +51,10 @@ class Person:
         self.page.on("websocket", lambda ws: requests.append(ws.url))
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
 
-    def log_in(self) -> None:
-        """Open ``/`` and log in through Converse's form; returns once the contacts list is shown."""
-        self.page.goto(f"{BASE_URL}/")
+    def log_in(self, navigate: bool = True) -> None:
+        """Open ``/`` (unless already on a web client page) and log in through Converse's form; returns once the contacts list is shown."""
+        if navigate:
+            self.page.goto(f"{BASE_URL}/")
         self.page.fill("#converse-login-jid", self.username)
         self.page.fill("#converse-login-password", PASSWORD)
         self.page.uncheck("#converse-login-trusted")  # a shared computer: nothing kept in the browser
@@ -133,7 +134,8 @@ class RoomWatcher(threading.Thread):
 
 
 def test_two_people_chat_in_the_browser_and_slixmpp_sees_it(browser, alice, bob, new_user, endpoint):
-    """Two browsers and a slixmpp client talk in one room; history survives a reload; nothing comes from another host."""
+    """Two browsers and a slixmpp client talk in one room; a fresh browser gets the history; the search page's
+    hit opens the room at that message; nothing comes from another host."""
     room = f"e2e-web-{uuid.uuid4().hex[:8]}@conference.{endpoint.domain}"
     tag = uuid.uuid4().hex[:8]
     requests: list[str] = []
@@ -165,6 +167,34 @@ def test_two_people_chat_in_the_browser_and_slixmpp_sees_it(browser, alice, bob,
         for text in (f"hello from alice {tag}", f"hello back from bob {tag}", f"slixmpp was here {tag}"):
             fresh.sees(room, text)
         fresh.context.close()
+
+        # The search page finds the message (once indexed) and its hit opens the room at that message.
+        finder = Person(browser, bob, requests)
+        finder.page.goto(f"{BASE_URL}/search")
+        finder.page.fill("input[name=username]", bob)
+        finder.page.fill("input[name=password]", PASSWORD)
+        finder.page.click("form.login [type=submit]")
+        finder.page.wait_for_selector("form[role=search]")
+        deadline = time.monotonic() + 60
+        while True:
+            finder.page.goto(f"{BASE_URL}/search?q={tag}+alice")
+            hits = finder.page.locator("li.hit")
+            if hits.count():
+                break
+            assert time.monotonic() < deadline, "the message was not found by the search page within 60 s"
+            time.sleep(2)
+        assert hits.count() == 1, finder.page.content()
+        assert room in hits.first.inner_text()
+        message_id = hits.first.get_attribute("data-message-id")
+        assert "<em>" in hits.first.locator("a.text").inner_html()  # the hit's words are highlighted
+        hits.first.locator("a.text").click()
+        finder.page.wait_for_url(re.compile(r"/\?jid="))
+        finder.log_in(navigate=False)
+        # (a selector, not a script: the page's CSP allows no eval, a test's included)
+        finder.page.locator(f'body[data-hipchat-found="{message_id}"]').wait_for(state="attached")
+        found = finder.room(room).locator(".hipchat-found")
+        assert f"hello from alice {tag}" in found.inner_text()
+        finder.context.close()
     finally:
         watcher.stop()
         a.context.close()
