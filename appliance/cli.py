@@ -246,6 +246,7 @@ import appliance.cli_backup  # noqa: E402,F401  (registers `backup` on cli)
 import appliance.cli_export  # noqa: E402,F401  (registers `export` and `import` on cli)
 import appliance.cli_restore  # noqa: E402,F401  (registers `restore` on cli)
 import appliance.cli_flags  # noqa: E402,F401  (registers `flag`, `group` and `user deactivate` on cli)
+import appliance.cli_bundle  # noqa: E402,F401  (registers `bundle` on cli)
 import appliance.cli_upgrade  # noqa: E402,F401  (registers `upgrade` on cli)
 
 

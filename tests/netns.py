@@ -33,8 +33,9 @@ SOCKET_ROOT = "/run/hipchat-netns"
 # A TEST-NET-1 address (RFC 5737): outside this machine, and not routable from the namespace.
 OUTSIDE_ADDRESS = ("192.0.2.1", 443)
 
-# The appliance's TCP services on the host's loopback (see docs/architecture.md).
-APPLIANCE_PORTS = (443, 3306, 5222, 5223, 6379, 6380, 9200, 9201, 26379, 26380, 26381)
+# The appliance's TCP services on the host's loopback (see docs/architecture.md): the mail relay,
+# HTTPS, MariaDB, XMPP, Redis, OpenSearch HTTP, Redis Sentinel.
+APPLIANCE_PORTS = (25, 443, 3306, 5222, 5223, 6379, 6380, 9200, 9201, 26379, 26380, 26381)
 
 
 class NetnsError(RuntimeError):

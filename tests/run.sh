@@ -23,6 +23,12 @@ if ! command -v packer >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq packer >/dev/null
 fi
 
+# socat bridges the appliance's ports into the loopback-only network namespaces
+# (tests/netns.py); dpkg-scanpackages (dpkg-dev) indexes an offline bundle's packages.
+for tool in socat:socat dpkg-scanpackages:dpkg-dev; do
+    command -v "${tool%%:*}" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
+done
+
 # Debian's chromium, driven by Playwright in the web client's end-to-end test.
 if [ ! -x /usr/bin/chromium ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null

@@ -487,3 +487,79 @@ def make_bundle(
     )
     write_bundle(out_path, manifest, private_key_path, source_dir)
     return manifest
+
+
+def key_fingerprint(public_key: bytes) -> str:
+    """SHA-256 of the raw public key, as hex: what an operator compares with the published one."""
+    return hashlib.sha256(public_key).hexdigest()
+
+
+def unpack_release(path: str, releases_dir: str, trusted_keys_dirs: Iterable[str] | None = None) -> VerifiedBundle:
+    """Verify and unpack ``path`` into ``<releases_dir>/<version>``; return it (``.path`` is the release).
+
+    A release directory that exists already is reused when it holds this very bundle (same
+    manifest bytes, every file intact) and refused otherwise.
+    """
+    os.makedirs(releases_dir, exist_ok=True)
+    staging = os.path.join(releases_dir, f".unpacking-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    verified = unpack_bundle(path, staging, trusted_keys_dirs)
+    version = verified.version
+    if not _safe_member_name(version) or "/" in version:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BundleRefused(f"the bundle's version {version!r} cannot name a directory")
+    dest = os.path.join(releases_dir, version)
+    if os.path.exists(dest):
+        with open(os.path.join(staging, MANIFEST_NAME), "rb") as f:
+            new = f.read()
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            with open(os.path.join(dest, MANIFEST_NAME), "rb") as f:
+                same = f.read() == new
+        except OSError:
+            same = False
+        if not same:
+            raise BundleRefused(f"{dest} exists already and holds another build of {version}: move it away first")
+        verify_directory(dest, trusted_keys_dirs)
+        return VerifiedBundle(path=dest, manifest=verified.manifest)
+    os.replace(staging, dest)
+    return VerifiedBundle(path=dest, manifest=verified.manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m appliance.bundle.manifest verify|unpack``: what install.sh runs before any venv exists.
+
+    Needs only the standard library plus either ``cryptography`` or ``openssl``. Messages go to
+    stderr; ``unpack`` prints the release directory on stdout. Exit 3 when the bundle is refused.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m appliance.bundle.manifest")
+    parser.add_argument("action", choices=["verify", "unpack"])
+    parser.add_argument("bundle")
+    parser.add_argument("--releases-dir", default="/opt/hipchat/releases")
+    parser.add_argument("--trusted-keys-dir")
+    args = parser.parse_args(argv)
+    dirs = trusted_key_dirs(args.trusted_keys_dir)
+    try:
+        if args.action == "verify":
+            verified = verify_bundle(args.bundle, dirs)
+        else:
+            verified = unpack_release(args.bundle, args.releases_dir, dirs)
+    except (BundleRefused, ValueError) as e:
+        print(f"Refused: {e}", file=sys.stderr)
+        return 3
+    key = load_trusted_keys(dirs)[verified.key_id]
+    print(
+        f"Verified: version {verified.version}, {len(verified.manifest['files'])} files, signed by key "
+        f"{verified.key_id} (fingerprint {key_fingerprint(key)})",
+        file=sys.stderr,
+    )
+    if args.action == "unpack":
+        print(verified.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
