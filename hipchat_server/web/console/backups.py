@@ -19,11 +19,13 @@ import time
 
 from twisted.internet import defer, utils
 from twisted.protocols.basic import FileSender
-from twisted.web.server import NOT_DONE_YET
+from twisted.logger import Logger
 
 from hipchat_server import audit
 from hipchat_server.web.console import agent
 from hipchat_server.web.console.app import Refused
+
+log = Logger()
 
 CLI = "/opt/hipchat/venv/bin/hipchat-appliance"
 ARCHIVE_SUFFIXES = (".tar", ".tar.enc")
@@ -151,6 +153,11 @@ def register(console) -> None:
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", str(os.fstat(archive.fileno()).st_size).encode())
         request.setHeader(b"content-disposition", f'attachment; filename="{name}"'.encode())
-        sent = FileSender().beginFileTransfer(archive, request)
-        sent.addBoth(lambda _: (archive.close(), request.finish()))
-        return None, NOT_DONE_YET
+        try:
+            yield FileSender().beginFileTransfer(archive, request)  # Klein finishes the request once this returns
+        except Exception:  # the browser went away mid-download: FileSender stopped, still registered
+            request.unregisterProducer()
+            log.info("download of {name} by {who} ended early", name=name, who=admin.username)
+        finally:
+            archive.close()
+        return None, b""
