@@ -43,17 +43,22 @@ class RollbackRefused(Exception):
 
 
 def schema_target_of(current_release: str) -> str | None:
-    """The schema revision before the upgrade that installed ``current_release`` (from the history)."""
+    """The schema revision before the last upgrade to ``current_release`` (from the history).
+
+    Whatever that upgrade's outcome: one whose automatic rollback failed left its migrations in.
+    """
     version = releases.release_version(current_release)
     for entry in reversed(history.read_history()):
-        if entry.get("action") == "apply" and entry.get("to_version") == version and entry.get("outcome") == "succeeded":
+        if entry.get("action") == "apply" and entry.get("to_version") == version and entry.get("schema_before"):
             return entry.get("schema_before")
     return None
 
 
 def downgrade_schema(config_path: str, revision: str, progress: Progress) -> None:
     """Downgrade the schema to ``revision`` with the code installed now (it knows the newer revisions)."""
-    done = subprocess.run([f"{VENV_DIR}/bin/python", "-c", _DOWNGRADE, config_path, revision], capture_output=True, text=True, timeout=600)
+    # -I and cwd /: the installed package, never a source tree in the caller's working directory.
+    done = subprocess.run([f"{VENV_DIR}/bin/python", "-I", "-c", _DOWNGRADE, config_path, revision],
+                          capture_output=True, text=True, timeout=600, cwd="/")
     progress.say(done.stdout.strip() + done.stderr.strip(), terminal=False)
     if done.returncode != 0:
         raise UpgradeFailed(f"schema downgrade to {revision} failed: {done.stderr.strip().splitlines()[-1:]}")
