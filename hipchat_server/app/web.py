@@ -19,7 +19,7 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer, reactor, ssl, threads
 from twisted.web import resource, server
 
-from hipchat_server import __version__, health, metrics
+from hipchat_server import __version__, feature_flags, health, metrics
 from hipchat_server.app.process import drop_privileges, start_process
 from hipchat_server.app.xmpp import open_session_directory, start_frontend
 from hipchat_server.rest import api_context, api_root
@@ -91,7 +91,13 @@ def build_site(chat_server: ChatServer, websocket_factory: websocket.XmppWebSock
     root.putChild(b"v2", api_root(chat_server))  # REST API v2: search, messages
     root.putChild(b"admin", console_root(chat_server))  # the admin console (hipchat_server.web.console)
     config = chat_server.get_config()
-    root.putChild(b"", webclient.WebClientPage(config.server.domain, config.rooms.service, config.web_client.assets_dir))
+    root.putChild(
+        b"",
+        webclient.WebClientPage(
+            config.server.domain, config.rooms.service, config.web_client.assets_dir,
+            flags=feature_flags.for_server(chat_server), sessions=web_sessions(chat_server),
+        ),
+    )  # the web client (Converse.js), gated by the web_client feature flag
     root.putChild(b"webclient", webclient.assets(config.web_client.assets_dir))  # Converse.js, /webclient/<version>/
     root.putChild(b"static", webclient.package_static())
     root.putChild(b"search", SearchPage(web_sessions(chat_server), search_for(chat_server), config.server.domain))

@@ -61,7 +61,7 @@ class SearchPage(resource.Resource):
         secure_page_headers(request)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         if request.postpath == [b"login"]:
-            return self._login_form(request, error=_arg(request, "error"))
+            return self._login_form(request, next_page=_arg(request, "next"))
         if request.postpath not in ([], [b""]):
             request.setResponseCode(404)
             return render("search.html", session=None, query="", error="No such page.", hits=[], total=0, next_link=None, previous_link=None)
@@ -93,11 +93,11 @@ class SearchPage(resource.Resource):
         d.addCallbacks(write, failed)
         d.addErrback(lambda f: None)  # already answered and logged by Twisted
 
-    def _login_form(self, request, error: str | None = None) -> bytes:
+    def _login_form(self, request, error: str | None = None, next_page: str | None = None) -> bytes:
         # No session yet: the form's CSRF token is a random value also set as a cookie (double submit).
         token = secrets.token_urlsafe(24)
         request.addCookie(LOGIN_CSRF_COOKIE, token.encode(), path=b"/search/login", secure=True, httpOnly=True, sameSite="strict")
-        return render("search_login.html", login_token=token, error=error, domain=self.domain)
+        return render("search_login.html", login_token=token, error=error, domain=self.domain, next_page=_next_page(next_page))
 
     @defer.inlineCallbacks
     def _login(self, request):
@@ -105,16 +105,16 @@ class SearchPage(resource.Resource):
         cookie = request.getCookie(LOGIN_CSRF_COOKIE) or b""
         if not cookie or not secrets.compare_digest(cookie.decode(), form.get(web_sessions.CSRF_FIELD, "")):
             request.setResponseCode(403)
-            return self._login_form(request, "The form was out of date: please log in again.")
+            return self._login_form(request, "The form was out of date: please log in again.", form.get("next"))
         try:
             session = yield self.run_blocking(
                 self.sessions.login, form.get("username", "").strip(), form.get("password", ""), web_sessions.client_address(request)
             )
         except web_sessions.LoginRefused as e:
             request.setResponseCode(403)
-            return self._login_form(request, str(e))
+            return self._login_form(request, str(e), form.get("next"))
         web_sessions.set_cookie(request, self.sessions, session)
-        request.redirect(b"/search")
+        request.redirect(_next_page(form.get("next")).encode())
         return b""
 
     @defer.inlineCallbacks
@@ -157,6 +157,11 @@ class SearchPage(resource.Resource):
         if start:
             context["previous_link"] = "/search?" + urlencode({"q": text, "start": max(0, start - PAGE_SIZE)})
         return render("search.html", **context)
+
+
+def _next_page(value: str | None) -> str:
+    """Where a login goes next: the web client (its flag asked for the login) or this page; nowhere else."""
+    return "/" if value == "/" else "/search"
 
 
 def _arg(request, name: str) -> str | None:

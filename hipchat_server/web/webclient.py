@@ -9,15 +9,24 @@ picture linked in a message).
 
 ``/?jid=<room>&message=<id>`` opens that room once logged in and scrolls to
 that message (the search page links each hit so).
+
+The feature flag ``web_client`` decides who gets the page
+(`feature_flags.enabled("web_client", username)`): on for everyone, it is
+served to anyone (Converse's own login checks the password); off, it is
+refused; on for chosen groups only, the person logs in with a web session
+first (the search page's login) so the page knows whose groups to ask about.
 """
 
 from __future__ import annotations
 
 import os
 
-from twisted.web import resource, static
+from twisted.internet import defer, threads
+from twisted.web import resource, server, static
 
 from hipchat_server.web.templating import render
+
+WEB_CLIENT_FLAG = "web_client"
 
 PACKAGE_STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
@@ -68,15 +77,21 @@ def client_settings(domain: str, rooms_service: str, version: str) -> dict:
 
 
 class WebClientPage(resource.Resource):
-    """GET ``/``: the Converse.js page configured for this appliance; 503 when no release is installed."""
+    """GET ``/``: the Converse.js page configured for this appliance; 503 when no release is installed.
+
+    ``flags`` (a `feature_flags.FeatureFlags`) and ``sessions`` (a
+    `web.sessions.WebSessions`) gate it by the ``web_client`` flag; without
+    them the page is served to everyone.
+    """
 
     isLeaf = True
 
-    def __init__(self, domain: str, rooms_service: str, assets_dir: str):
+    def __init__(self, domain: str, rooms_service: str, assets_dir: str, *, flags=None, sessions=None, run_blocking=threads.deferToThread):
         super().__init__()
         self.assets_dir = assets_dir
         self.version = os.path.basename(assets_dir.rstrip("/")) if assets_dir else ""
         self.settings = client_settings(domain, rooms_service, self.version)
+        self.flags, self.sessions, self.run_blocking = flags, sessions, run_blocking
 
     def installed(self) -> bool:
         return bool(self.assets_dir) and os.path.isfile(os.path.join(self.assets_dir, "converse.min.js"))
@@ -88,6 +103,45 @@ class WebClientPage(resource.Resource):
             return b"Not found\n"
         secure_page_headers(request)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        if self.flags is None:
+            return self._page(request)
+        d = self._allowed(request)
+
+        def answer(allowed):
+            if allowed is None:  # sent to the login first
+                request.finish()
+                return
+            if allowed:
+                request.write(self._page(request))
+            else:
+                request.setResponseCode(403)
+                request.write(render("webclient_refused.html"))
+            request.finish()
+
+        def failed(failure):
+            request.setResponseCode(503)
+            request.write(b"The web client cannot tell whether it is on for you right now; try again shortly.\n")
+            request.finish()
+
+        d.addCallbacks(answer, failed)
+        return server.NOT_DONE_YET
+
+    @defer.inlineCallbacks
+    def _allowed(self, request):
+        """True (serve), False (refuse) or None (redirected to the login: the flag depends on the person's groups)."""
+        from hipchat_server.web.sessions import session_of
+
+        state = yield self.run_blocking(self.flags.state, WEB_CLIENT_FLAG)
+        if not state.groups:
+            return state.enabled
+        session = yield session_of(request, self.sessions, self.run_blocking)
+        if session is None:
+            request.redirect(b"/search/login?next=/")
+            return None
+        allowed = yield self.run_blocking(self.flags.enabled, WEB_CLIENT_FLAG, session.username)
+        return allowed
+
+    def _page(self, request) -> bytes:
         if not self.installed():
             request.setResponseCode(503)
             return render("webclient_missing.html")
