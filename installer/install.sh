@@ -8,6 +8,8 @@
 # installer/site.yml (the project itself is installed into the virtualenv by
 # the chat_core role). Re-running is safe: it changes nothing on a host that
 # is already installed and never regenerates secrets or touches data.
+# With --bundle, HIPCHAT_RELEASES_DIR (default /opt/hipchat/releases) says where releases
+# are unpacked; only the default one gets the `current` link.
 set -euo pipefail
 
 INSTALLER_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +26,7 @@ RELEASES_DIR="${HIPCHAT_RELEASES_DIR:-/opt/hipchat/releases}"
 ARGS=("$@")
 
 usage() {
-    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<USAGE
 Options:
   --profile NAME     sizes for this host: single-host (default) or large
