@@ -9,8 +9,10 @@ and measures, from the navigation to ``https://127.0.0.1/``:
 - ``total``: navigation to chat-ready, typing excluded.
 
 A second visit in the same profile (``warm``) shows what the browser's cache of
-the versioned Converse.js files saves. Uses its own user ``bench-webclient``
-(created once, left in place).
+the versioned Converse.js files saves. Each visit logs in as its own user
+``bench-webclient-<n>`` (created once, left in place): a closed browser's
+session waits 5 minutes to be resumed (Stream Management), and one user may
+hold only ``xmpp.max_sessions_per_user`` at once.
 
     /opt/hipchat/venv/bin/python bench/web_client.py [--runs 10] [--json]
 """
@@ -31,23 +33,26 @@ URL = "https://127.0.0.1/"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def ensure_user() -> None:
+def ensure_users(count: int) -> list[str]:
+    names = [f"{USERNAME}-{n}" for n in range(count)]
     with tempfile.NamedTemporaryFile("w", suffix=".pw") as f:
         f.write(PASSWORD + "\n")
         f.flush()
-        subprocess.run(
-            ["/opt/hipchat/venv/bin/hipchat-appliance", "user", "add", USERNAME, "--name", "Bench web client",
-             "--email", f"{USERNAME}@bench.example.com", "--password-file", f.name],
-            capture_output=True, text=True,
-        )  # "already exists" on later runs is fine
+        for name in names:
+            subprocess.run(
+                ["/opt/hipchat/venv/bin/hipchat-appliance", "user", "add", name, "--name", "Bench web client",
+                 "--email", f"{name}@bench.example.com", "--password-file", f.name],
+                capture_output=True, text=True,
+            )  # "taken" on later runs is fine
+    return names
 
 
-def one_visit(page) -> dict:
+def one_visit(page, username: str) -> dict:
     started = time.perf_counter()
     page.goto(URL)
     page.wait_for_selector("#converse-login-jid")
     form = time.perf_counter() - started
-    page.fill("#converse-login-jid", USERNAME)
+    page.fill("#converse-login-jid", username)
     page.fill("#converse-login-password", PASSWORD)
     page.uncheck("#converse-login-trusted")  # nothing kept but the HTTP cache: the next tab logs in anew
     submitted = time.perf_counter()
@@ -73,7 +78,7 @@ def main() -> int:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    ensure_user()
+    users = iter(ensure_users(2 * args.runs))
     cold, warm = [], []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
@@ -81,11 +86,11 @@ def main() -> int:
             context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
             context.set_default_timeout(30_000)
             page = context.new_page()
-            cold.append(one_visit(page))
+            cold.append(one_visit(page, next(users)))
             # A new tab of the same profile: its own session storage (so a new login), the same HTTP cache.
             second = context.new_page()
             page.close()
-            warm.append(one_visit(second))
+            warm.append(one_visit(second, next(users)))
             context.close()
         browser.close()
     result = {
