@@ -55,6 +55,10 @@ def client_settings(domain: str, rooms_service: str, version: str) -> dict:
         "discover_connection_methods": False,
         "authentication": "login",
         "auto_login": False,
+        # No Stream Management in the browser: after a reload Converse 14 resumes the previous
+        # stream but then sends from a newly made-up resource, which the server must refuse
+        # (RFC 6120 invalid-from), leaving open rooms half-joined. A reload logs in anew instead.
+        "enable_smacks": False,
         "default_domain": domain,
         "locked_domain": domain,
         "muc_domain": f"{rooms_service}.{domain}",
