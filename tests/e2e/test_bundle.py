@@ -252,5 +252,6 @@ def _forget_offline_source(releases: str) -> None:
             ours = releases in f.read()
         if ours:
             os.remove(OFFLINE_APT_SOURCE)
-            for listed in glob.glob("/var/lib/apt/lists/" + releases.strip("/").replace("/", "_") + "_*"):
+            # apt names a list by its URI: '_' escaped as %5f, then '/' as '_'.
+            for listed in glob.glob("/var/lib/apt/lists/" + releases.strip("/").replace("_", "%5f").replace("/", "_") + "_*"):
                 os.remove(listed)
