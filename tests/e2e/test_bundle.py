@@ -253,5 +253,5 @@ def _forget_offline_source(releases: str) -> None:
         if ours:
             os.remove(OFFLINE_APT_SOURCE)
             # apt names a list by its URI: '_' escaped as %5f, then '/' as '_'.
-            for listed in glob.glob("/var/lib/apt/lists/" + releases.strip("/").replace("_", "%5f").replace("/", "_") + "_*"):
+            for listed in glob.glob("/var/lib/apt/lists/" + releases.rstrip("/").replace("_", "%5f").replace("/", "_") + "_*"):
                 os.remove(listed)
