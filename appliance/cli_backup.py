@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
 
 import click
 from rich.markup import escape
@@ -19,14 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from appliance.cli import EXIT_CONFIG, EXIT_REFUSED, _chat_server, cli, console, error_console
+from appliance.lib.status_view import human_bytes
 
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _read_passphrase(path: str | None) -> bytes | None:
@@ -118,7 +111,7 @@ def create(ctx: click.Context, to: str | None, passphrase_file: str | None, as_j
     table.add_column(style="bold")
     table.add_column()
     table.add_row("archive", escape(result.path))
-    table.add_row("size", _human_bytes(result.bytes))
+    table.add_row("size", human_bytes(result.bytes))
     table.add_row("took", f"{result.seconds:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in result.steps.items()) + ")")
     table.add_row("cut-off", m["cutoff"] + "  (every message acknowledged before it is in the archive)")
     table.add_row("encrypted", "yes, secrets and TLS key included" if m["secrets_included"] else "no (secrets left out)")
@@ -164,7 +157,7 @@ def list_(ctx: click.Context, directory: str | None, as_json: bool) -> None:
         table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(
-            escape(row["name"].removeprefix("hipchat-backup-")), _human_bytes(row["bytes"]), "yes" if row["encrypted"] else "no",
+            escape(row["name"].removeprefix("hipchat-backup-")), human_bytes(row["bytes"]), "yes" if row["encrypted"] else "no",
             row["cutoff"][:16].replace("T", " ") if "cutoff" in row else ("[red]unreadable[/red]" if "error" in row else "-"),
             str(row.get("users", "-")), f"{row['messages']:,}" if "messages" in row else "-", str(row.get("schema_revision", "-")),
         )
@@ -204,7 +197,7 @@ def verify(ctx: click.Context, archive: str, passphrase_file: str | None) -> Non
     table = Table(title=f"Archive {escape(archive)}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("members", f"{len(m['files'])} ({_human_bytes(total)})")
+    table.add_row("members", f"{len(m['files'])} ({human_bytes(total)})")
     table.add_row("encrypted", "yes" if reader.encrypted else "no")
     table.add_row("cut-off", m["cutoff"])
     table.add_row("versions", f"appliance {m['appliance_version']}, schema {m['schema_revision']}, OpenSearch {m['opensearch_version']}")

@@ -17,14 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from appliance.cli import EXIT_REFUSED, cli, console, error_console
+from appliance.lib.status_view import human_bytes
 
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @cli.group()
@@ -60,8 +54,8 @@ def bundle_build(version, signing_key, out_dir, source_dir, upgrades_from, opens
     for column in ("Part", "Files", "Size", "Seconds"):
         table.add_column(column, justify="left" if column == "Part" else "right")
     for name, figures in report.parts.items():
-        table.add_row(name, str(figures.get("files", "")), _human_bytes(figures["bytes"]) if "bytes" in figures else "", f"{figures['seconds']:.1f}")
-    table.add_row("[bold]bundle[/bold]", str(report.files), _human_bytes(report.bytes), f"{report.seconds:.1f}")
+        table.add_row(name, str(figures.get("files", "")), human_bytes(figures["bytes"]) if "bytes" in figures else "", f"{figures['seconds']:.1f}")
+    table.add_row("[bold]bundle[/bold]", str(report.files), human_bytes(report.bytes), f"{report.seconds:.1f}")
     console.print(table)
 
 
@@ -96,7 +90,7 @@ def bundle_verify(ctx, bundle_file, trusted_keys_dir, as_json) -> None:
     console.print(
         f"[green]Verified[/green] {escape(bundle_file)}: version {escape(summary['version'])} "
         f"(upgrades from {escape(', '.join(summary['upgrades_from'] or []) or 'nothing')}), {summary['files']} files, "
-        f"{_human_bytes(summary['bytes'])}, signed by {escape(summary['key_id'])} (fingerprint {summary['key_fingerprint']})",
+        f"{human_bytes(summary['bytes'])}, signed by {escape(summary['key_id'])} (fingerprint {summary['key_fingerprint']})",
         soft_wrap=True,
     )
 

@@ -241,6 +241,15 @@ def _check_hash(password_hash: str | None, password: str) -> bool:
         return False
 
 
+def account_of(store: UserStore, username: str) -> tuple[int | None, bool]:
+    """``(user id, is admin)`` of ``username``; ``(None, False)`` when there is no such user (the Authenticator's ``accounts``)."""
+    try:
+        user = get_user(store, username)
+    except UnknownUserError:
+        return None, False
+    return user.id, user.is_admin
+
+
 def verify_password(store: UserStore, username: str, password: str) -> bool:
     """True when ``password`` matches the argon2 hash of ``username`` (active or not)."""
     global _dummy_hash

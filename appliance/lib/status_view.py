@@ -10,7 +10,8 @@ from appliance.lib.status import StatusReport
 STATE_STYLE = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "red", "FATAL": "red", "STOPPED": "red", "EXITED": "red"}
 
 
-def _human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
+    """``n`` bytes for people: 512 B, 3.4 MiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -23,17 +24,17 @@ def render_spool(console: Console, spool) -> None:
     if spool is None or "backlog_bytes" not in spool.details:
         return
     d = spool.details
-    waiting = ", ".join(f"{r['name']} {_human_bytes(r['backlog_bytes'])}" for r in d["directories"] if r["backlog_bytes"])
+    waiting = ", ".join(f"{r['name']} {human_bytes(r['backlog_bytes'])}" for r in d["directories"] if r["backlog_bytes"])
     age = d["oldest_unindexed_age_seconds"]
     minute = d["last_minute"]
     parts = [
-        f"backlog {_human_bytes(d['backlog_bytes'])}" + (f" ({waiting})" if waiting else ""),
+        f"backlog {human_bytes(d['backlog_bytes'])}" + (f" ({waiting})" if waiting else ""),
         f"oldest waiting {age:.0f} s" if age is not None else "nothing waiting",
         f"last success {d['last_success'] or 'never'}",
     ]
     if minute:
         parts.append(f"last minute {minute['records_per_second']:.0f} records/s, lag p99 {minute['lag_p99_ms']} ms")
-    parts.append(f"spool disk free {_human_bytes(d['filesystem_free_bytes'])}")
+    parts.append(f"spool disk free {human_bytes(d['filesystem_free_bytes'])}")
     console.print("[bold]Message indexing[/bold]: " + "; ".join(parts))
 
 
@@ -113,7 +114,7 @@ def render_status(console: Console, report: StatusReport) -> None:
     disk.add_column("size", justify="right")
     disk.add_column("filesystem used", justify="right")
     for d in by_name["disk"].details.get("directories", []):
-        disk.add_row(d["name"], d["path"], _human_bytes(d["bytes"]), f"{d['filesystem_used_percent']}%")
+        disk.add_row(d["name"], d["path"], human_bytes(d["bytes"]), f"{d['filesystem_used_percent']}%")
     console.print(disk)
 
     for section in report.sections:

@@ -10,6 +10,7 @@ branches.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 from twisted.web import resource
@@ -38,19 +39,14 @@ def api_context(chat_server):
     from hipchat_server.rest.api import ApiContext
     from hipchat_server.storage.api_tokens import ApiTokenStore
     from hipchat_server.storage.users import UserStore
-    from hipchat_server.users import UserCredentials, UnknownUserError, get_user
+    from hipchat_server.users import UserCredentials, account_of
     from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
 
     config = chat_server.get_config()
     engine = chat_server.get_database_engine()
     user_store = UserStore(engine)
 
-    def account(username):
-        try:
-            user = get_user(user_store, username)
-        except UnknownUserError:
-            return None, False
-        return user.id, user.is_admin
+    account = functools.partial(account_of, user_store)
 
     counter = WindowCounter(chat_server.get_redis_primary, "api:ratelimit")
     flood_counter = WindowCounter(chat_server.get_redis_primary, "api:flood")

@@ -23,6 +23,7 @@ thread. `session_of` and `login` are the reactor-side helpers a resource uses.
 
 from __future__ import annotations
 
+import functools
 import base64
 import hashlib
 import hmac
@@ -231,17 +232,12 @@ def web_sessions(chat_server) -> WebSessions:
 
     from hipchat_server.authentication import Authenticator
     from hipchat_server.storage.users import UserStore
-    from hipchat_server.users import UnknownUserError, UserCredentials, get_user
+    from hipchat_server.users import UserCredentials, account_of
     from hipchat_server.xmpp.auth_limits import AuthFailureLimiter
 
     user_store = UserStore(chat_server.get_database_engine())
 
-    def account(username):
-        try:
-            user = get_user(user_store, username)
-        except UnknownUserError:
-            return None, False
-        return user.id, user.is_admin
+    account = functools.partial(account_of, user_store)
 
     config = chat_server.get_config()
     sessions = WebSessions(
