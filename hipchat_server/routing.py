@@ -113,7 +113,9 @@ class ClusterRouter(EchoLessRouter):
         self.presence = None
         self.clock = clock or reactor
         self._lanes: dict[object, _Lane] = {}
-        self._rerouting: set[defer.Deferred] = set()
+        # Work a stopping front end must finish first: re-routing what ended sessions left unacknowledged,
+        # keeping offline what was published for a session that just ended.
+        self._finishing: set[defer.Deferred] = set()
         self._iq_handlers: dict[tuple[str, str], IqHandler] = {}
         self._published_handlers: dict[str, Callable[[dict], None]] = {
             "deliver": self._published_delivery,
@@ -192,7 +194,7 @@ class ClusterRouter(EchoLessRouter):
             d.addCallback(lambda _: self._remove_from_directory(connection, jid))
             return d
 
-        d = self._in_order(connection, end)
+        d = self._finish_before_stop(self._in_order(connection, end))
         d.addBoth(lambda _: self._forget(connection))
 
     def _remove_from_directory(self, connection, jid: JID):
@@ -212,8 +214,11 @@ class ClusterRouter(EchoLessRouter):
         an iq request is answered with an error so its sender is not left waiting.
         """
         d = defer.DeferredList([self._reroute(connection.jid, xml) for xml in stanzas], consumeErrors=True)
-        self._rerouting.add(d)
-        d.addBoth(lambda result: (self._rerouting.discard(d), result)[1])
+        return self._finish_before_stop(d)
+
+    def _finish_before_stop(self, d: defer.Deferred) -> defer.Deferred:
+        self._finishing.add(d)
+        d.addBoth(lambda result: (self._finishing.discard(d), result)[1])
         return d
 
     def drain(self, timeout: float) -> defer.Deferred:
@@ -221,7 +226,7 @@ class ClusterRouter(EchoLessRouter):
 
         A stopping front end waits for this, or those stanzas would die with it.
         """
-        pending = defer.DeferredList(list(self._rerouting), consumeErrors=True)
+        pending = defer.DeferredList(list(self._finishing), consumeErrors=True)
         timer = self.clock.callLater(timeout, lambda: pending.called or pending.callback(None))
         pending.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
         return pending
@@ -645,7 +650,7 @@ class ClusterRouter(EchoLessRouter):
         elif item.get("offline_from") is not None:
             bare = parse_jid(item["to"]).bare()
             self.log.info("the session {to} ended: its message is kept offline", to=item["to"])
-            d = self._store_offline_xml(bare, item["offline_from"], item["xml"])
+            d = self._finish_before_stop(self._store_offline_xml(bare, item["offline_from"], item["xml"]))
             d.addErrback(lambda f: self.log.failure("keeping a message for {bare} offline failed (it is in the archive)", f, bare=bare))
         else:
             self.log.info("dropped a stanza for {to}: the session ended", to=item["to"])
@@ -664,6 +669,10 @@ class DeliveryListener:
     log = Logger()
     RETRY_SECONDS = 0.5
     MAX_BATCH = 500
+    # How long a listener waits for a message before looking whether it should stop.
+    POLL_SECONDS = 0.25
+    # How long stopping waits for Redis to confirm the unsubscribe.
+    UNSUBSCRIBE_SECONDS = 3.0
 
     def __init__(self, redis_primary_factory, channel: str, deliver):
         self.redis_primary_factory = redis_primary_factory
@@ -671,10 +680,20 @@ class DeliveryListener:
         self.deliver = deliver
         self.subscribed = threading.Event()
         self._stopping = threading.Event()
+        self._stopped = defer.Deferred()
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="xmpp-delivery-listener", daemon=True).start()
-        reactor.addSystemEventTrigger("before", "shutdown", self._stopping.set)
+
+    def stop(self) -> defer.Deferred:
+        """Unsubscribe; fires once every item received until then has been acted on.
+
+        From then on a publish to this front end reaches nobody, so its sender
+        keeps the message offline itself: no item is taken and then dropped
+        with the process.
+        """
+        self._stopping.set()
+        return self._stopped
 
     def _deliver_all(self, payloads: list) -> None:
         for payload in payloads:
@@ -684,13 +703,14 @@ class DeliveryListener:
                 self.log.failure("acting on a published item failed")
 
     def _run(self) -> None:
+        pubsub = None
         while not self._stopping.is_set():
             try:
                 pubsub = self.redis_primary_factory().pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.channel)
                 self.subscribed.set()
                 while not self._stopping.is_set():
-                    item = pubsub.get_message(timeout=1.0)
+                    item = pubsub.get_message(timeout=self.POLL_SECONDS)
                     # Everything that arrived already goes over in one hop: waking the reactor per item
                     # cost more than delivering it under load.
                     batch = []
@@ -704,5 +724,27 @@ class DeliveryListener:
                         reactor.callFromThread(self._deliver_all, batch)
             except Exception as e:  # Redis restarting or failing over: subscribe again to the new primary
                 self.subscribed.clear()
+                pubsub = None
                 self.log.warn("delivery channel lost ({error}); subscribing again", error=e)
                 time.sleep(self.RETRY_SECONDS)
+        try:
+            if pubsub is not None:
+                self._unsubscribe(pubsub)
+        except Exception as e:
+            self.log.warn("unsubscribing from the delivery channel failed ({error})", error=e)
+        finally:
+            reactor.callFromThread(self._stopped.callback, None)  # after the last batch: calls run in order
+
+    def _unsubscribe(self, pubsub) -> None:
+        """Unsubscribe, handing over what Redis sent before its confirmation."""
+        pubsub.unsubscribe(self.channel)
+        deadline = time.monotonic() + self.UNSUBSCRIBE_SECONDS
+        batch = []
+        while pubsub.subscribed and time.monotonic() < deadline:
+            item = pubsub.get_message(timeout=0.1)
+            if item is not None and item["type"] == "message":
+                batch.append(item["data"])
+        if batch:
+            reactor.callFromThread(self._deliver_all, batch)
+        self.subscribed.clear()
+        pubsub.close()

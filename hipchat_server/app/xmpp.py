@@ -51,6 +51,8 @@ LISTEN_BACKLOG = 4096  # a reconnect storm arrives all at once; the kernel queue
 MAX_LOGINS_IN_PROGRESS = 200
 # Seconds a stopping front end waits for ended sessions' unacknowledged messages to be stored.
 SHUTDOWN_DRAIN_SECONDS = 10.0
+# Seconds a stopping front end waits for its delivery listener to unsubscribe.
+LISTENER_STOP_SECONDS = 5.0
 REDIS_THREADS = 8
 ACTIVITY_REPORT_SECONDS = 60.0
 # At start (after a reboot, or with the whole appliance) Redis may come up after the front ends.
@@ -164,15 +166,21 @@ def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirec
     cleared = starttls.router.rooms.clear_frontend_occupants()  # blocks (Redis), like the directory's clearing
     if cleared:
         log.info("took %d sessions of a crashed predecessor out of their rooms", cleared)
-    DeliveryListener(chat_server.get_redis_primary, directory.channel, starttls.router.deliver_published).start()
+    listener = DeliveryListener(chat_server.get_redis_primary, directory.channel, starttls.router.deliver_published)
+    listener.start()
     sessions, router = starttls.sessions, starttls.router
     router.on_published(users_admin.END_SESSION, users_admin.end_session_handler(sessions))  # a deactivated account's streams
 
     def stopping():
-        for connection in sessions.connections():
-            connection.send_stream_error("system-shutdown")
-        # Sessions ending now hand their unacknowledged messages to offline storage: wait for that.
-        return router.drain(SHUTDOWN_DRAIN_SECONDS)
+        # In this order, so no message dies with the process: first stop taking what other front ends
+        # publish (from then on they keep such messages offline themselves), then end every session
+        # (each hands its unacknowledged messages to the router), then wait for those to be re-routed.
+        d = listener.stop()
+        d.addTimeout(LISTENER_STOP_SECONDS, reactor)
+        d.addErrback(lambda f: log.warning("the delivery listener did not stop in time: %s", f.getErrorMessage()))
+        d.addCallback(lambda _: [connection.system_shutdown() for connection in sessions.connections()])
+        d.addCallback(lambda _: router.drain(SHUTDOWN_DRAIN_SECONDS))
+        return d
 
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
     LoopingCall(ActivityReport(sessions, (starttls, direct), router.frontend_id)).start(ACTIVITY_REPORT_SECONDS, now=False)

@@ -179,6 +179,18 @@ class ClientConnection(XmppStreamProtocol):
             return
         super().send_stream_error(condition, text)
 
+    def system_shutdown(self) -> None:
+        """The server stops: tell the client, and end the session now, not at the connection's loss.
+
+        Its unacknowledged stanzas go to the router while the process still
+        runs; waiting for the connection to close would leave them to a
+        reactor already stopping. A session being handed over is left to the
+        handover.
+        """
+        self.send_stream_error("system-shutdown")
+        if not self._lent:
+            self._end_session()
+
     # Actions for the sessions of `stream_management.ResumableSessions`.
     def lend(self) -> defer.Deferred:
         """Stop serving this session while it is handed over; fires once its client's stanzas settled."""

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import program_pid, wait_for
+from tests.conftest import program_pid, supervisorctl, wait_for
 from tests.e2e.xmpp_client import TIMEOUT, front_end_of, login, run
 
 pytestmark = pytest.mark.disruptive
@@ -155,3 +155,51 @@ def test_messages_for_a_killed_recipient_front_end_are_stored_and_delivered_at_n
             await sender.close()
 
     run(scenario())
+
+
+def test_a_restarted_recipient_front_end_keeps_what_its_clients_did_not_acknowledge(config, endpoint, new_user):
+    """A graceful restart (supervisor's SIGTERM) ends each session first: messages its client never acknowledged are stored offline."""
+    recipient, sender_name = new_user(), new_user()
+
+    async def scenario():
+        receiver = await login_on(config, endpoint, recipient, VICTIM, plugins=("xep_0198",))
+        receiver.plugin["xep_0198"].send_ack = lambda: None  # a phone that read the messages, then lost its network
+        sender = await login_on(config, endpoint, sender_name, SURVIVOR, plugins=("xep_0198",))
+        stream = Sender(sender, f"{recipient}@{endpoint.domain}")
+        try:
+            await stream.send_for(0.5)
+            unacknowledged = set(stream.sent)
+            await asyncio.sleep(0.2)
+            sender.plugin["xep_0198"].request_ack()  # slixmpp sends a message after the <r/> that follows it
+            await wait_async(lambda: unacknowledged <= stream.acked, "the server to acknowledge every message")
+            live: set[str] = set()
+            while not unacknowledged <= live:
+                live.add((await asyncio.wait_for(receiver.received.get(), TIMEOUT))["body"])
+            restarted = await asyncio.get_running_loop().run_in_executor(None, supervisorctl, "restart", VICTIM)
+            assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+            receiver.abort()
+            again, ok = await login(endpoint, recipient)
+            assert ok
+            try:
+                got: set[str] = set()
+                deadline = asyncio.get_running_loop().time() + TIMEOUT
+                while not unacknowledged <= got and asyncio.get_running_loop().time() < deadline:
+                    try:
+                        got.add((await asyncio.wait_for(again.received.get(), 1.0))["body"])
+                    except asyncio.TimeoutError:
+                        continue
+                missing = unacknowledged - got
+                assert not missing, f"{len(missing)} of {len(unacknowledged)} unacknowledged messages were lost, e.g. {sorted(missing)[:3]}"
+            finally:
+                await again.close()
+        finally:
+            await sender.close()
+
+    run(scenario())
+
+
+async def wait_async(predicate, what: str, timeout: float = TIMEOUT) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)

@@ -436,6 +436,19 @@ def test_a_stream_error_to_a_hibernating_session_ends_it(factory, router):
     assert len(router.undelivered_stanzas) == 1
 
 
+def test_system_shutdown_reroutes_a_live_sessions_queue_before_the_connection_closes(factory, router):
+    """A stopping server ends each live session at once: its unacknowledged stanzas reach the router while it still runs."""
+    client, _ = enabled_client(factory)
+    client.connection.deliver(message(1))
+    client.connection.deliver(message(2))
+    client.connection.system_shutdown()
+    assert client.stream_error() == "system-shutdown"
+    assert len(router.undelivered_stanzas) == 2  # the transport has not reported the connection lost yet
+    assert factory.sessions.get(client.connection.jid) is None
+    drop(client)
+    assert len(router.undelivered_stanzas) == 2  # and the later loss does not hand them over again
+
+
 # Resumption on another front end.
 @pytest.fixture
 def two_front_ends(clock):
