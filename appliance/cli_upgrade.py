@@ -127,27 +127,19 @@ def _summary(entry: dict) -> None:
     console.print(table)
 
 
-def upgrade_report() -> dict:
-    """Current and previous release, the installed version and the history (for status and the console)."""
-    from appliance.upgrade import history, releases
-
-    return {
-        "installed_version": releases.installed_version(),
-        "current": releases.release_version(releases.linked_release("current")),
-        "previous": releases.release_version(releases.linked_release("previous")),
-        "history": history.read_history(),
-    }
-
-
 @upgrade.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def status(as_json: bool) -> None:
     """The running version, the current and previous releases, and every upgrade and rollback."""
+    from appliance.upgrade.report import upgrade_report
+
     report = upgrade_report()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     console.print(f"Running version {report['installed_version']}; current release {report['current'] or '(none: installed without a bundle)'}; previous {report['previous'] or '(none)'}")
+    for text in filter(None, (report["error"], report["warning"])):
+        console.print(f"[yellow]warning[/yellow] {escape(text)}", soft_wrap=True)
     table = Table(title=f"Upgrade history ({len(report['history'])})")
     for column in ("started", "action", "from", "to", "outcome", "took", "log"):
         table.add_column(column, overflow="fold")

@@ -363,6 +363,24 @@ def check_backups(backup_config, now: float | None = None) -> Section:
     return section
 
 
+def check_upgrades(history_dir: str | None = None) -> Section:
+    """The running version, ``current`` / ``previous`` and the newest upgrade or rollback
+    (`appliance.upgrade.report`): a warning when it failed or was rolled back, never a problem
+    (an upgrade's own health check asks status, and a rollback must not fail it)."""
+    from appliance.upgrade.report import upgrade_report
+
+    section = Section("upgrades")
+    report = upgrade_report(history_dir)
+    entries = report["history"]
+    last = entries[-1] if entries else None
+    section.details.update(
+        installed_version=report["installed_version"], current=report["current"], previous=report["previous"], entries=len(entries),
+        last={k: last.get(k) for k in ("action", "from_version", "to_version", "outcome", "started_at", "finished_at", "seconds", "log")} if last else None,
+    )
+    section.warnings.extend(filter(None, (report["error"], report["warning"])))
+    return section
+
+
 def collect_status(chat_server) -> StatusReport:
     config = chat_server.get_config()
     return StatusReport(
@@ -374,6 +392,7 @@ def collect_status(chat_server) -> StatusReport:
             check_spool(config.archive),
             check_jobs(chat_server.get_redis_primary),
             check_backups(config.backup),
+            check_upgrades(),
             check_disk(config.appliance.data_dirs),
         ]
     )

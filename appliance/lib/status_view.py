@@ -63,6 +63,25 @@ def render_backups(console: Console, backups) -> None:
     console.print(f"[bold]Backups[/bold]: {state}; newest {d['newest'] or '-'} ({age_text}); {d['archives']} in {d['directory']}; {schedule}")
 
 
+def render_upgrades(console: Console, upgrades) -> None:
+    """The upgrades line: running version, current and previous releases, when the last upgrade ran and its result."""
+    if upgrades is None or "installed_version" not in upgrades.details:
+        return
+    d = upgrades.details
+    releases = f"current release {d['current'] or 'none (installed without a bundle)'}, previous {d['previous'] or 'none'}"
+    last = d["last"]
+    if last is None:
+        console.print(f"[bold]Upgrades[/bold]: running {d['installed_version'] or '?'} ({releases}); no upgrade yet")
+        return
+    style = "green" if last["outcome"] == "succeeded" and last["action"] == "apply" else "yellow"
+    took = f", took {last['seconds']:.0f} s" if isinstance(last.get("seconds"), (int, float)) else ""
+    console.print(
+        f"[bold]Upgrades[/bold]: running {d['installed_version'] or '?'} ({releases}); last: {last['action']} "
+        f"{last['from_version']} -> {last['to_version']} ran at {last.get('started_at') or '?'}{took}: "
+        f"[{style}]{last['outcome']}[/{style}] ({d['entries']} in `hipchat-appliance upgrade status`)"
+    )
+
+
 def render_status(console: Console, report: StatusReport) -> None:
     by_name = {s.name: s for s in report.sections}
 
@@ -107,6 +126,7 @@ def render_status(console: Console, report: StatusReport) -> None:
     render_spool(console, by_name.get("spool"))
     render_jobs(console, by_name.get("jobs"))
     render_backups(console, by_name.get("backups"))
+    render_upgrades(console, by_name.get("upgrades"))
 
     disk = Table(title="Disk use")
     disk.add_column("data")

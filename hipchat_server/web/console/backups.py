@@ -1,6 +1,8 @@
 """Backups: the archives in the backup directory with what their manifests say, the last scheduled
 result, create now, download, verify. Restore stays a CLI action (it stops the chat service); the page
-says how.
+says how. The page also shows the running version, the previous release and the upgrade history
+(`appliance.upgrade.report`, what ``hipchat-appliance upgrade status`` shows; world-readable, so
+read here, not through the agent).
 
 The backup directory is root's alone (0700: an archive holds the whole
 database) and this process runs as the service user, so the page asks the
@@ -30,6 +32,8 @@ log = Logger()
 CLI = "/opt/hipchat/venv/bin/hipchat-appliance"
 ARCHIVE_SUFFIXES = (".tar", ".tar.enc")
 LAST_RESULT = "last.json"
+#: Upgrade history entries on the page, newest first (`hipchat-appliance upgrade status` lists all).
+UPGRADES_SHOWN = 20
 
 
 def list_backups(directory: str) -> dict:
@@ -113,8 +117,12 @@ def register(console) -> None:
     @console.page("/backups")
     @defer.inlineCallbacks
     def page(request, admin):
+        from appliance.upgrade.report import newest_first, upgrade_report
+
         shown = yield console.run_blocking(listing)
-        return "backups.html", dict(shown, section="backups", directory=directory, now=time.time())
+        upgrades = yield console.run_blocking(upgrade_report)
+        return "backups.html", dict(shown, section="backups", directory=directory, now=time.time(), upgrades=upgrades,
+                                    upgrade_rows=newest_first(upgrades["history"], UPGRADES_SHOWN))
 
     @console.action("/backups/create")
     @defer.inlineCallbacks
