@@ -7,7 +7,9 @@ that group only and sees the API accept that user's message and refuse the
 other's; creates tokens in the console and uses them against the REST API;
 sees every archive of the root-only backup directory listed (through the
 console's root agent) and the processes' health on the dashboard; finds
-every change in the audit log. A non-admin is
+every change in the audit log. The Backups page and `status` show the running version and the
+upgrade history: a history written in a temporary directory (no upgrade is run) that a
+console process and `status` are pointed at appears on the page and in the Upgrades line. A non-admin is
 refused every /admin page, and a form posted without the session's CSRF
 token (or with another's) changes nothing. Screenshots of each page are
 saved under /var/tmp/hipchat-console-screenshots/<run>/ (printed).
@@ -19,6 +21,7 @@ import asyncio
 import json
 import os
 import ssl
+import subprocess
 import threading
 import time
 import urllib.error
@@ -27,7 +30,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import run_appliance_cli
+from tests.conftest import VENV_DIR, run_appliance_cli
 from tests.e2e.xmpp_client import PASSWORD, Endpoint, login
 
 BASE = "https://127.0.0.1"
@@ -98,11 +101,11 @@ def browser():
         browser.close()
 
 
-def log_in(browser, username: str, password: str = PASSWORD):
-    """A fresh browser context logged in to the console as ``username``; its page."""
+def log_in(browser, username: str, password: str = PASSWORD, base: str = BASE):
+    """A fresh browser context logged in to the console at ``base`` as ``username``; its page."""
     context = browser.new_context(ignore_https_errors=True)
     page = context.new_page()
-    page.goto(f"{BASE}/admin/login")
+    page.goto(f"{base}/admin/login")
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
@@ -401,12 +404,87 @@ def test_backups_page_lists_every_archive(admin_page, config, screenshots):
     text = page.inner_text("main")
     assert "hipchat-appliance restore" in text
     assert "cannot be listed" not in text, text
+    running = json.loads(run_appliance_cli("upgrade", "status", "--json").stdout)["installed_version"]
+    assert f"Running version {running};" in page.inner_text("#versions")
     directory = config.backup.dir
     names = sorted(n for n in os.listdir(directory) if n.startswith("hipchat-backup-") and n.endswith((".tar", ".tar.enc")))
     if not names:
         pytest.skip(f"no backup in {directory} to see listed")
     for name in names:
         assert name in page.inner_text("#backups")
+
+
+@pytest.fixture(scope="module")
+def upgrade_history(tmp_path_factory):
+    """An upgrade history and release links in a temporary directory (an upgrade to the running
+    version that succeeded, then one from it that was rolled back); the environment pointing the
+    appliance's code at them. Nothing is upgraded."""
+    from appliance.upgrade import history, releases
+
+    running = releases.installed_version()
+    root = tmp_path_factory.mktemp("upgrades")
+    for version in ("0.0.1", running):
+        (root / "opt" / "releases" / version).mkdir(parents=True)
+    (root / "opt" / "current").symlink_to(root / "opt" / "releases" / running)
+    (root / "opt" / "previous").symlink_to(root / "opt" / "releases" / "0.0.1")
+    history.record({"action": "apply", "from_version": "0.0.1", "to_version": running, "started_at": "2026-11-20T10:00:00Z",
+                    "finished_at": "2026-11-20T10:04:45Z", "seconds": 285.2, "outcome": "succeeded",
+                    "log": "/var/log/hipchat/upgrade-20261120-100000.log"}, directory=str(root / "upgrades"))
+    history.record({"action": "apply", "from_version": running, "to_version": "99.0.0", "started_at": "2026-11-25T09:00:00Z",
+                    "finished_at": "2026-11-25T09:03:10Z", "seconds": 190.0, "outcome": "rolled back",
+                    "failure": "health check failed: rest: the e2e test's made-up failure",
+                    "log": "/var/log/hipchat/upgrade-20261125-090000.log"}, directory=str(root / "upgrades"))
+    env = dict(os.environ, HIPCHAT_UPGRADES_DIR=str(root / "upgrades"), HIPCHAT_BASE_DIR=str(root / "opt"), COLUMNS="400")
+    return {"running": running, "env": env}
+
+
+def test_status_has_an_upgrades_line_and_warns_of_a_rolled_back_upgrade(upgrade_history):
+    """`status` pointed at the history: an Upgrades line (running, current, previous, when the last upgrade ran, its
+    result) and a warning naming the rolled-back upgrade and why; the appliance stays healthy for it."""
+    running, env = upgrade_history["running"], upgrade_history["env"]
+    screen = subprocess.run([f"{VENV_DIR}/bin/hipchat-appliance", "status"], capture_output=True, text=True, timeout=120, env=env).stdout
+    line = next((l for l in screen.splitlines() if l.startswith("Upgrades:")), None)
+    assert line is not None, screen
+    assert f"running {running} (current release {running}, previous 0.0.1)" in line, line
+    assert f"last: apply {running} -> 99.0.0 ran at 2026-11-25T09:00:00Z, took 190 s: rolled back (2 in" in line, line
+    warning = f"warning upgrades: the upgrade from {running} to 99.0.0 failed at 2026-11-25T09:03:10Z and was rolled back to {running}: " \
+              "health check failed: rest: the e2e test's made-up failure"
+    assert warning in screen, screen
+    as_json = subprocess.run([f"{VENV_DIR}/bin/hipchat-appliance", "status", "--json"], capture_output=True, text=True, timeout=120, env=env)
+    upgrades = json.loads(as_json.stdout)["sections"]["upgrades"]
+    assert upgrades["healthy"] and upgrades["details"]["previous"] == "0.0.1" and upgrades["details"]["last"]["outcome"] == "rolled back"
+
+
+@pytest.fixture
+def pointed_console(upgrade_history):
+    """The installed console's Backups page in a process started with ``upgrade_history``'s environment; its base URL."""
+    script = os.path.join(os.path.dirname(__file__), "console_process.py")
+    process = subprocess.Popen([f"{VENV_DIR}/bin/python", script], stdout=subprocess.PIPE, text=True, env=upgrade_history["env"])
+    try:
+        line = process.stdout.readline()  # "listening <port>", or nothing when it failed (its error is on stderr)
+        assert line.startswith("listening "), f"the console process did not start: {line!r}"
+        yield f"https://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_backups_page_shows_versions_and_the_upgrade_history(browser, accounts, pointed_console, upgrade_history, screenshots):
+    """The Backups page of a console pointed at the history: running, current and previous versions, the warning
+    about the rolled-back upgrade, and both entries newest first with their outcomes."""
+    running = upgrade_history["running"]
+    page = log_in(browser, accounts["admin"], base=pointed_console)
+    try:
+        page.goto(f"{pointed_console}/admin/backups")
+        page.screenshot(path=os.path.join(screenshots, "backups-upgrades.png"), full_page=True)
+        assert page.inner_text("#versions") == f"Running version {running}; current release {running}; previous release 0.0.1."
+        assert f"the upgrade from {running} to 99.0.0 failed at 2026-11-25T09:03:10Z and was rolled back" in page.inner_text("#upgrade-warning")
+        rows = page.locator("#upgrade-history tr").all_inner_texts()[1:]
+        assert len(rows) == 2, rows
+        assert "2026-11-25T09:00:00Z" in rows[0] and "rolled back" in rows[0] and "the e2e test's made-up failure" in rows[0]
+        assert "2026-11-20T10:00:00Z" in rows[1] and "succeeded" in rows[1] and "285.2 s" in rows[1]
+    finally:
+        page.context.close()
 
 
 def test_every_page_renders_and_the_audit_log_has_every_change(admin_page, accounts, prefix, screenshots):
