@@ -120,3 +120,14 @@ def test_large_profile_is_sized_beyond_this_host():
         assert "the profile needs 28672 MiB" in result.stdout
     else:
         assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_writeback_is_flushed_early_and_kept_across_reboots():
+    """The kernel starts flushing at 32 MiB of written data, so a backup's writes never stall the spool's fsyncs."""
+    with open("/proc/sys/vm/dirty_background_bytes") as f:
+        assert int(f.read()) == 32 * 1024 * 1024
+    with open("/proc/sys/vm/dirty_bytes") as f:
+        assert int(f.read()) == 256 * 1024 * 1024
+    with open("/etc/sysctl.d/60-hipchat-writeback.conf") as f:
+        text = f.read()
+    assert "vm.dirty_background_bytes = 33554432" in text and "vm.dirty_bytes = 268435456" in text
