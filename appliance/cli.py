@@ -175,17 +175,6 @@ def user_passwd(ctx: click.Context, username: str, password_file) -> None:
     click.echo(f"Password of {username} changed.")
 
 
-@user.command("disable")
-@click.argument("username")
-@click.pass_context
-def user_disable(ctx: click.Context, username: str) -> None:
-    """Stop USERNAME from logging in."""
-    from hipchat_server.users import disable_user
-
-    changed = _run_user_change(disable_user, _user_store(ctx), username)
-    click.echo(f"User {username} disabled." if changed else f"User {username} was already disabled.")
-
-
 @user.command("enable")
 @click.argument("username")
 @click.pass_context
@@ -245,7 +234,7 @@ import appliance.cli_jobs  # noqa: E402,F401  (registers `jobs` on cli)
 import appliance.cli_backup  # noqa: E402,F401  (registers `backup` on cli)
 import appliance.cli_export  # noqa: E402,F401  (registers `export` and `import` on cli)
 import appliance.cli_restore  # noqa: E402,F401  (registers `restore` on cli)
-import appliance.cli_flags  # noqa: E402,F401  (registers `flag`, `group` and `user deactivate` on cli)
+import appliance.cli_flags  # noqa: E402,F401  (registers `flag`, `group`, `user deactivate|disable` on cli)
 import appliance.cli_bundle  # noqa: E402,F401  (registers `bundle` on cli)
 import appliance.cli_upgrade  # noqa: E402,F401  (registers `upgrade` on cli)
 

@@ -1,4 +1,4 @@
-"""`hipchat-appliance flag`, `group`, `user deactivate`, `user import` and `audit`: the console's feature
+"""`hipchat-appliance flag`, `group`, `user deactivate` (and `user disable`), `user import` and `audit`: the console's feature
 flags, groups, deactivation, CSV import and audit log from the command line, through the same domain
 calls (and the same audit log).
 
@@ -164,13 +164,27 @@ def group_remove(ctx: click.Context, name: str, usernames: tuple[str, ...]) -> N
     console.print(f"Removed {len(usernames)} from {escape(name)}.")
 
 
+def _sessions_ended(ended: dict) -> str:
+    return f"{ended['xmpp_streams']} chat sessions and {ended['web_sessions']} browser sessions ended"
+
+
 @user.command("deactivate")
 @click.argument("username")
 @click.pass_context
 def user_deactivate(ctx: click.Context, username: str) -> None:
     """Stop USERNAME from logging in and end every chat and browser session they have now (as the console does)."""
     ended = _change(_users_admin(ctx).deactivate, _actor(), username)
-    console.print(f"{escape(username)} is deactivated: {ended['xmpp_streams']} chat sessions and {ended['web_sessions']} browser sessions ended.")
+    console.print(f"{escape(username)} is deactivated: {_sessions_ended(ended)}.")
+
+
+@user.command("disable")
+@click.argument("username")
+@click.pass_context
+def user_disable(ctx: click.Context, username: str) -> None:
+    """Stop USERNAME from logging in and end their open sessions: `user deactivate` under its older name."""
+    ended = _change(_users_admin(ctx).deactivate, _actor(), username)
+    state = "disabled" if ended["changed"] else "was already disabled"
+    console.print(f"User {escape(username)} {state}. {_sessions_ended(ended).capitalize()}.", soft_wrap=True)
 
 
 @user.command("import")

@@ -2,7 +2,9 @@
 reset passwords, import from CSV, and groups with their members.
 
 Every change is written to the audit log (`audit.record`) with the admin who
-made it. Deactivating an account ends its sessions at once: its browser
+made it. Deactivating an account (console, ``user deactivate`` and ``user
+disable``) or deleting it (``DELETE /v2/user/<id>``, through `session_closer`)
+ends its sessions at once: its browser
 sessions (`web.sessions.WebSessions.end_user`) and each of its XMPP streams,
 on whichever front end holds it (an ``end_session`` item on that front end's
 channel, which `end_session_handler` acts on: a ``<not-authorized/>`` stream
@@ -147,7 +149,12 @@ class UsersAdmin:
         return changes
 
     def deactivate(self, actor: str, username: str) -> dict:
-        """Stop ``username`` from logging in and end every session it has now; answers what was ended."""
+        """Stop ``username`` from logging in and end every session it has now.
+
+        Answers what was ended (``web_sessions``, ``xmpp_streams``) and whether
+        the account was active until now (``changed``); the sessions of an
+        account disabled already are ended all the same.
+        """
         if username == actor:
             raise AdminError("you cannot deactivate your own account")
         try:
@@ -156,7 +163,7 @@ class UsersAdmin:
             raise AdminError(str(e)) from None
         ended = self.closer.close(username, "this account was deactivated") if self.closer is not None else {}
         audit.record(actor, "user.deactivate", username, dict(ended, changed=changed))
-        return ended
+        return dict(ended, changed=changed)
 
     def activate(self, actor: str, username: str) -> bool:
         try:
@@ -303,5 +310,9 @@ def users_admin(chat_server, web_sessions=None) -> UsersAdmin:
 
     engine = chat_server.get_database_engine()
     audit.for_server(chat_server)
-    closer = SessionCloser(chat_server.get_redis_primary, web_sessions, chat_server.get_config().server.domain)
-    return UsersAdmin(UserStore(engine), UserSearchStore(engine), GroupStore(engine), closer)
+    return UsersAdmin(UserStore(engine), UserSearchStore(engine), GroupStore(engine), session_closer(chat_server, web_sessions))
+
+
+def session_closer(chat_server, web_sessions=None) -> SessionCloser:
+    """The `SessionCloser` over ``chat_server``'s Redis; ``web_sessions`` ends browser sessions (None: only XMPP streams)."""
+    return SessionCloser(chat_server.get_redis_primary, web_sessions, chat_server.get_config().server.domain)

@@ -3,7 +3,8 @@
 `UserDirectory` lists, finds (by id, e-mail or ``@mention``), creates,
 updates and deletes users over `storage.users.UserStore`, with the same
 validation as the CLI (`users`). Deleting keeps the row (history still
-names its sender) and stops the account from logging in, as HipChat does.
+names its sender), stops the account from logging in, as HipChat does, and
+ends its open sessions at once (`users_admin.SessionCloser`, the console's).
 
 `PrivateMessages` sends a one-to-one message from the caller to a user the
 way a client's message is routed: archived first (spool, recent lists),
@@ -151,9 +152,10 @@ class UserDirectory:
 
     log = Logger()
 
-    def __init__(self, store, *, domain: str, run_database, presences=None):
+    def __init__(self, store, *, domain: str, run_database, presences=None, closer=None):
         self.store, self.domain, self.run_database = store, domain, run_database
         self.presences = presences  # a storage.presence.PresenceStore; None: presence unknown
+        self.closer = closer  # a users_admin.SessionCloser; None: sessions are not ended
 
     def presence(self, username: str) -> defer.Deferred:
         """``{"presence": ..., "last_active": ...}`` of ``username`` for its user object (both None when unknown)."""
@@ -261,7 +263,8 @@ class UserDirectory:
     def _delete(self, key: str) -> None:
         row = self._find(key)
         self.store.mark_deleted(row["id"])
-        self.log.info("deleted user {username} through the API", username=row["username"])
+        ended = self.closer.close(row["username"], "this account was deleted") if self.closer is not None else {}
+        self.log.info("deleted user {username} through the API; ended {ended}", username=row["username"], ended=ended)
 
     def _update_columns(self, user_id: int, values: dict) -> None:
         try:
@@ -352,6 +355,8 @@ def user_directory(chat_server) -> UserDirectory:
 
     from hipchat_server.storage.presence import PresenceStore
     from hipchat_server.storage.users import UserStore
+    from hipchat_server.users_admin import session_closer
+    from hipchat_server.web.sessions import web_sessions
 
     config = chat_server.get_config()
     return UserDirectory(
@@ -359,6 +364,7 @@ def user_directory(chat_server) -> UserDirectory:
         domain=config.server.domain,
         run_database=threads.deferToThread,
         presences=PresenceStore(chat_server.get_redis_primary()),
+        closer=session_closer(chat_server, web_sessions(chat_server)),
     )
 
 

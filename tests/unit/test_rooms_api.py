@@ -220,6 +220,26 @@ def test_users_are_found_by_id_email_or_mention_and_created_with_a_valid_address
     assert result_of(directory.find("@Scully", include_deleted=True))["is_active"] in (0, False)
 
 
+def test_deleting_a_user_ends_their_open_sessions(world):
+    """DELETE's domain call marks the user deleted and ends their sessions through the console's closer, once."""
+
+    class Closer:
+        closed = []
+
+        def close(self, username, reason):
+            self.closed.append((username, reason))
+            return {"web_sessions": 0, "xmpp_streams": 1}
+
+    closer = Closer()
+    directory = UserDirectory(world["users"], domain=DOMAIN, run_database=lambda f, *a: defer.maybeDeferred(f, *a), closer=closer)
+    created = result_of(directory.create({"name": "Fox Mulder", "email": "fox@fbi.gov", "mention_name": "Mulder"}))
+    result_of(directory.delete(str(created["id"])))
+    assert closer.closed == [(created["username"], "this account was deleted")]
+    with pytest.raises(NotFound):
+        result_of(directory.delete(str(created["id"])))
+    assert len(closer.closed) == 1
+
+
 def test_dates_and_names():
     assert parse_date("2025-01-02T03:04:05Z", None) == 1735787045000
     assert parse_date("2025-01-02T04:04:05", "Europe/Berlin") == 1735787045000

@@ -111,7 +111,7 @@ def test_csv_without_the_required_columns_is_refused(admin):
 def test_deactivate_ends_sessions_and_is_audited(admin):
     """Deactivating stops logins, ends the sessions (through the closer) and is audited; not one's own account."""
     ended = admin.deactivate("root", "alice")
-    assert ended == {"web_sessions": 1, "xmpp_streams": 2}
+    assert ended == {"web_sessions": 1, "xmpp_streams": 2, "changed": True}
     assert admin.closer_seen.closed == ["alice"]
     assert not admin.get("alice")["is_active"]
     assert ("root", "user.deactivate", "alice") in admin.log.entries
