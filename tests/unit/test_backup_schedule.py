@@ -125,3 +125,18 @@ def test_status_warns_when_the_last_backup_failed_or_is_old(tmp_path):
     failed = check_backups(BackupConfig(dir=str(tmp_path)), now=now.timestamp())
     assert failed.healthy and "failed" in failed.warnings[0] and "disk full" in failed.warnings[0]
     assert json.loads((tmp_path / "last.json").read_text())["ok"] is False
+
+
+def test_a_backup_runs_on_cpu_time_chat_leaves_and_so_do_its_children():
+    """lower_priority puts the process (and tar, gzip, mariadb-dump it starts) under SCHED_IDLE."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, subprocess; from appliance.backup.create import lower_priority; lower_priority(); "
+        "print(os.sched_getscheduler(0) == os.SCHED_IDLE, "
+        "subprocess.run(['python3', '-c', 'import os; print(os.sched_getscheduler(0) == os.SCHED_IDLE)'], "
+        "capture_output=True, text=True).stdout.strip())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True"]
