@@ -46,6 +46,20 @@ def history_item(context, record: dict, senders: dict, real_jids: bool, room_pat
     return item
 
 
+@defer.inlineCallbacks
+def message_sending_allowed(context: api.ApiContext, caller):
+    """403 when an admin turned API message sending off for the caller's groups (feature flag, console).
+
+    Every API route that sends a message or notification asks this first: the
+    room routes here and the private message (`rest.users`).
+    """
+    if context.chat_server is None:
+        return  # unit tests of the routes: no flags
+    flags = feature_flags.for_server(context.chat_server)
+    if not (yield context.run_blocking(flags.enabled, feature_flags.API_MESSAGE_SENDING, caller.username)):
+        raise api.ApiError(403, "sending messages through the API is turned off for this account by an administrator")
+
+
 def register(app, context: api.ApiContext) -> None:
     def rooms():
         return services(context).rooms
@@ -54,14 +68,8 @@ def register(app, context: api.ApiContext) -> None:
         """Counted per room id once the room is known, whichever way the URL names it (id, name, address)."""
         return lambda room_id: api.flood_control(request, context, f"room:{room_id}")
 
-    @defer.inlineCallbacks
     def sending_allowed(caller):
-        """403 when an admin turned API message sending off for the caller's groups (feature flag, console)."""
-        if context.chat_server is None:
-            return  # unit tests of the routes: no flags
-        flags = feature_flags.for_server(context.chat_server)
-        if not (yield context.run_blocking(flags.enabled, feature_flags.API_MESSAGE_SENDING, caller.username)):
-            raise api.ApiError(403, "sending messages through the API is turned off for this account by an administrator")
+        return message_sending_allowed(context, caller)
 
     @defer.inlineCallbacks
     def items(records, real_jids, room, senders=None):

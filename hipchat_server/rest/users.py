@@ -6,6 +6,7 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from hipchat_server.rest import api
+from hipchat_server.rest.room_messages import message_sending_allowed
 from hipchat_server.rest.rooms import call, collection, services, user_ref
 from hipchat_server.users_api import conversation_history, user_view
 
@@ -97,6 +98,7 @@ def register(app, context: api.ApiContext) -> None:
         )
         if caller.username is None:
             raise api.ApiError(403, "a room notification token may only send notifications")
+        yield message_sending_allowed(context, caller)
         target = yield call(users().find, user)
         yield api.flood_control(request, context, f"user:{target['id']}")
         yield call(services(context).private_messages.send, caller.username, target["username"], body["message"])
