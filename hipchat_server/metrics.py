@@ -52,6 +52,30 @@ AREAS = {b"v2": "api", b"admin": "admin", b"xmpp-websocket": "websocket", b"heal
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+JOBS_COMPLETED = Counter("hipchat_jobs_completed", "Background jobs this worker finished, by kind (webhook, mention_mail, push).", ["kind"])
+JOBS_FAILED = Counter(
+    "hipchat_jobs_failed",
+    "Background job attempts that failed on this worker, by kind and what came next: retry (tried again later) or dead (a dead letter).",
+    ["kind", "next"],
+)
+
+
+def job_kinds(kinds) -> None:
+    """Show the job counters of ``kinds`` from the start, at 0 (a counter that appears later hides its first rate)."""
+    for kind in kinds:
+        JOBS_COMPLETED.labels(kind)
+        JOBS_FAILED.labels(kind, "retry")
+        JOBS_FAILED.labels(kind, "dead")
+
+
+def count_job(kind: str, outcome: str) -> None:
+    """Count one job run: ``outcome`` is the runner's "done", "retry" or "dead"."""
+    if outcome == "done":
+        JOBS_COMPLETED.labels(kind).inc()
+    else:
+        JOBS_FAILED.labels(kind, outcome).inc()
+
+
 def count_stanza(name: str) -> None:
     """Count one stanza a client sent (``message``, ``presence`` or ``iq``)."""
     counter = STANZA_COUNTERS.get(name)

@@ -234,7 +234,9 @@ class WebhookDelivery:
     """
 
     def __init__(self, store, post_reply, *, issuer: str, rooms_domain: str, post=post_json, log=None, enabled=None, note=None):
-        """``enabled()`` says whether webhooks are on (the console's feature flag; None: always);
+        """``enabled(creator)`` says whether webhooks are on for the username that created the webhook
+        (the console's feature flag, per user in chosen-groups mode; ``creator`` None: everyone's value;
+        ``enabled`` None: always on);
         ``note(entry)`` keeps each delivery's outcome for the console (None: not kept)."""
         import logging
 
@@ -254,8 +256,8 @@ class WebhookDelivery:
         if row is None:
             self.log.info("webhook %s of room %s was deleted; event not delivered", payload["webhook_id"], payload["room_id"])
             return
-        if self.enabled is not None and not self.enabled():
-            self.log.info("webhooks are turned off (feature flag): webhook %s not called", row.id)
+        if self.enabled is not None and not self.enabled(row.creator):
+            self.log.info("webhooks are turned off (feature flag) for %s: webhook %s not called", row.creator or "everyone", row.id)
             return
         try:
             reply = deliver(row, payload["body"], self.issuer, self.post)

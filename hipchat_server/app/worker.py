@@ -58,6 +58,7 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._next_promote = self._next_claim = self._next_consumers = 0.0
         self.done = self.retried = self.dead = 0
+        metrics.job_kinds(handlers)
 
     def start(self) -> None:
         for n in range(self.thread_count):
@@ -125,6 +126,7 @@ class JobRunner:
                 self.queue.done(job)
                 outcome = "done"
         elapsed = time.monotonic() - started
+        metrics.count_job(job.kind, outcome)
         if outcome == "done":
             self.done += 1
             log.info("%s job %s done in %.2f s", job.kind, job.entry_id, elapsed)
@@ -174,8 +176,9 @@ def build_runner(chat_server: ChatServer) -> JobRunner:
     handlers = {
         "webhook": WebhookDelivery(
             store, post_reply, issuer=public_url, rooms_domain=f"{config.rooms.service}.{config.server.domain}",
-            # The console's feature flag (everyone's value) and its list of recent deliveries.
-            enabled=lambda: feature_flags.for_server(chat_server).enabled(feature_flags.WEBHOOKS),
+            # The console's feature flag, for the groups of the webhook's creator (no creator: everyone's
+            # value), and the console's list of recent deliveries.
+            enabled=lambda creator: feature_flags.for_server(chat_server).enabled(feature_flags.WEBHOOKS, creator),
             note=lambda entry: note_delivery(chat_server.get_redis_primary(), entry),
         ),
         "mention_mail": MentionMail(

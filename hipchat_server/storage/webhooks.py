@@ -37,6 +37,7 @@ class WebhookRow:
     oauth_client_id: str | None
     created_by: int | None
     created_at: datetime | None
+    creator: str | None = None  # the username of created_by (read by `WebhookStore.get` only)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def _webhook(row) -> WebhookRow:
         oauth_client_id=row.oauth_client_id,
         created_by=row.created_by,
         created_at=row.created_at,
+        creator=row._mapping.get("creator"),
     )
 
 
@@ -96,11 +98,13 @@ class WebhookStore:
         return run_in_transaction(self.engine, "get_room_webhooks", work)
 
     def get(self, room_id: int, webhook_id: int) -> WebhookRow | None:
-        row = run_in_transaction(
-            self.engine,
-            "get_webhook",
-            lambda c: c.execute(select(webhooks).where(webhooks.c.room_id == room_id, webhooks.c.id == webhook_id)).first(),
+        """One webhook of a room, with its creator's username (None when no user created it or the row is gone)."""
+        query = (
+            select(webhooks, users.c.username.label("creator"))
+            .select_from(webhooks.outerjoin(users, users.c.id == webhooks.c.created_by))
+            .where(webhooks.c.room_id == room_id, webhooks.c.id == webhook_id)
         )
+        row = run_in_transaction(self.engine, "get_webhook", lambda c: c.execute(query).first())
         return None if row is None else _webhook(row)
 
     def insert(self, *, room_id: int, name: str, url: str, event: str, pattern: str | None, secret: str | None,

@@ -135,3 +135,46 @@ def test_metrics_ports_listen_on_loopback_only(ports):
         port = url.rsplit(":", 1)[1].split("/")[0]
         binds = [line.split()[3] for line in listening.splitlines() if line.split()[3].endswith(f":{port}")]
         assert binds == [f"127.0.0.1:{port}"], f"port {port} binds {binds}"
+
+
+def test_workers_count_jobs_completed_and_failed_by_kind(config, endpoint, new_user):
+    """A webhook delivery that succeeds raises ``hipchat_jobs_completed{kind="webhook"}`` and one refused (HTTP 400)
+    raises ``hipchat_jobs_failed{kind="webhook",next="dead"}``, summed over the worker processes."""
+    from tests.e2e.test_api_rooms import Api
+    from tests.e2e.test_rooms import join, member
+    from tests.e2e.test_webhooks import Receiver, room_with_webhook, say
+
+    workers = [f"http://127.0.0.1:{config.metrics.worker_base_port + n}/metrics" for n in range(2)]
+    completed, dead = "hipchat_jobs_completed_total", "hipchat_jobs_failed_total"
+
+    def figures():
+        texts = [scrape(url) for url in workers]
+        return total(texts, completed, 'kind="webhook"'), total(texts, dead, 'kind="webhook",next="dead"')
+
+    owner = new_user()
+    api = Api(config, owner)
+    good, refusing = Receiver(default=(204, b"")), Receiver(default=(400, b"no"))
+    room_id = None
+    try:
+        room_id, room, _ = room_with_webhook(config, owner, {"url": good.url, "event": "room_message"})
+        api.ok("POST", f"room/{room_id}/webhook", {"url": refusing.url, "event": "room_message"}, status=201)
+        before = figures()
+
+        async def scenario():
+            client = await member(endpoint, owner)
+            try:
+                await join(client, room, "owner")
+                await say(client, room, "counted by the workers")
+                await asyncio.sleep(0.5)
+            finally:
+                await client.close()
+
+        run(scenario())
+        good.wait_for_requests(1, 20)
+        refusing.wait_for_requests(1, 20)
+        wait_for(lambda: figures()[0] >= before[0] + 1 and figures()[1] >= before[1] + 1, 10, what="the job counters to move")
+    finally:
+        if room_id is not None:
+            api.ok("DELETE", f"room/{room_id}", status=204)  # and its webhooks, whose receivers are gone
+        good.close()
+        refusing.close()

@@ -166,6 +166,29 @@ def test_a_deleted_webhook_is_not_delivered():
     assert calls == []
 
 
+def test_the_webhooks_flag_is_asked_for_each_webhooks_creator():
+    """In chosen-groups mode a webhook is called when the flag is on for the user who created it; no creator: everyone's value."""
+    on_for = {"alice"}
+    rows = [
+        WebhookRow(1, ROOM.id, "a", "http://127.0.0.1:9/a", "room_message", None, None, None, 1, None, "alice"),
+        WebhookRow(2, ROOM.id, "b", "http://127.0.0.1:9/b", "room_message", None, None, None, 2, None, "bob"),
+        WebhookRow(3, ROOM.id, "c", "http://127.0.0.1:9/c", "room_message", None, None, None, None, None, None),
+    ]
+    asked, called = [], []
+
+    def enabled(creator):
+        asked.append(creator)
+        return creator in on_for
+
+    delivery = webhooks.WebhookDelivery(
+        FakeStore(rows), None, issuer=PUBLIC_URL, rooms_domain="c", enabled=enabled, post=lambda url, *a: called.append(url) or (204, b"")
+    )
+    for row in rows:
+        delivery(Job("webhook", "1-0", {"webhook_id": row.id, "room_id": ROOM.id, "room": "ops", "body": {}}))
+    assert asked == ["alice", "bob", None]
+    assert called == ["http://127.0.0.1:9/a"]
+
+
 # Events.
 def test_room_message_webhooks_fire_only_when_their_pattern_finds_the_text():
     queued = []
@@ -398,3 +421,52 @@ def test_the_runner_settles_each_outcome():
     assert runner.run(Job("nothing", "5", {})) == "dead"
     assert queue.settled[1] == ("retry", "2", "RuntimeError: boom")
     assert queue.settled[3][2].startswith("a worker stopped while running it 3 times")
+
+
+def test_the_store_reads_each_webhooks_creator_as_a_username():
+    """`WebhookStore.get` answers the creator's username (what the flag is asked about); None without a creator."""
+    from sqlalchemy import create_engine
+
+    from hipchat_server.storage.schema import metadata, rooms, users
+    from hipchat_server.storage.schema import webhooks as webhooks_table
+    from hipchat_server.storage.webhooks import WebhookStore
+
+    engine = create_engine("sqlite://", future=True)
+    metadata.create_all(engine, tables=[users, rooms, webhooks_table])
+    with engine.begin() as connection:
+        connection.execute(users.insert().values(id=1, name="Alice", mention_name="alice", email="alice@example.com", username="alice"))
+        connection.execute(rooms.insert().values(id=ROOM.id, name=ROOM.name, jid_node=ROOM.jid_node))
+    store = WebhookStore(engine)
+    mine = store.insert(room_id=ROOM.id, name="a", url="http://127.0.0.1:9/a", event="room_message", pattern=None, secret=None,
+                        oauth_client_id=None, created_by=1)
+    nobodys = store.insert(room_id=ROOM.id, name="b", url="http://127.0.0.1:9/b", event="room_message", pattern=None, secret=None,
+                           oauth_client_id="client", created_by=None)
+    assert store.get(ROOM.id, mine).creator == "alice"
+    assert store.get(ROOM.id, nobodys).creator is None
+    assert store.get(ROOM.id + 1, mine) is None
+
+
+def test_the_runner_counts_each_job_by_kind_and_outcome():
+    """``hipchat_jobs_completed`` and ``hipchat_jobs_failed`` (retry, dead) move per kind, from 0 for every handled kind."""
+    from prometheus_client import REGISTRY
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        "done": sample("hipchat_jobs_completed_total", kind="push"),
+        "retry": sample("hipchat_jobs_failed_total", kind="push", next="retry"),
+        "dead": sample("hipchat_jobs_failed_total", kind="push", next="dead"),
+    }
+
+    def handler(job):
+        if job.payload.get("fail"):
+            raise (PermanentJobError if job.payload["fail"] == "permanent" else RuntimeError)("no")
+
+    runner = JobRunner(RecordingQueue(), {"push": handler, "mention_mail": handler}, consumer="test")
+    assert REGISTRY.get_sample_value("hipchat_jobs_completed_total", {"kind": "mention_mail"}) is not None  # shown before any job ran
+    for payload in ({}, {}, {"fail": "temporary"}, {"fail": "permanent"}):
+        runner.run(Job("push", "1", payload))
+    assert sample("hipchat_jobs_completed_total", kind="push") == before["done"] + 2
+    assert sample("hipchat_jobs_failed_total", kind="push", next="retry") == before["retry"] + 1
+    assert sample("hipchat_jobs_failed_total", kind="push", next="dead") == before["dead"] + 1
