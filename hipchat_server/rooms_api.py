@@ -92,10 +92,9 @@ class RoomsApi:
     # Finding a room and what the caller may do with it.
     def _load(self, caller: Caller, key: str):
         """Blocking: (details, caller's affiliation); NotFound when there is no such room or the caller may not see it."""
-        details = self.rooms.details(key)
+        details, affiliation = self.rooms.details_and_affiliation(key, caller.username)
         if details is None or details.room.locked:
             raise NotFound(f"no room {key[:100]!r}")
-        affiliation = self.rooms.affiliation(details.room.jid_node, caller.username) if caller.username else "none"
         if not self._may_see(caller, details, affiliation):
             raise NotFound(f"no room {key[:100]!r}")
         return details, affiliation

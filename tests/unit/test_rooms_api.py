@@ -133,6 +133,16 @@ def test_a_private_room_is_invisible_to_non_members_but_not_to_members_or_group_
     assert names(Caller("member"), include_private=False, include_archived=False) == ["Ops Room"]
 
 
+def test_a_room_and_the_callers_affiliation_are_read_in_one_go_by_id_name_or_address(world):
+    store = world["api"].rooms
+    details, affiliation = store.details_and_affiliation("Secret", "member")
+    assert details.room.jid_node == "secret" and affiliation == "member"
+    assert store.details_and_affiliation(str(details.room.id), "owner")[1] == "owner"
+    assert store.details_and_affiliation("secret", "stranger")[1] == "none"
+    assert store.details_and_affiliation("secret", None)[1] == "none"
+    assert store.details_and_affiliation("no such room", "owner") == (None, "none")
+
+
 def test_only_owners_admins_and_group_admins_change_a_room(world):
     api = world["api"]
     with pytest.raises(Forbidden):
