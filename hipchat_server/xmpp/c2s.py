@@ -355,7 +355,7 @@ class ClientConnection(XmppStreamProtocol):
             # logged once a minute by the process (`ClientFactory.logins`); per login only at debug level.
             self.factory.logins += 1
             self.log.debug("{user} logged in from {peer}", user=self.username, peer=self.peer_host)
-        elif isinstance(outcome, Failure) and outcome.condition not in _UNCOUNTED_FAILURES:
+        elif isinstance(outcome, Failure) and outcome.condition not in _UNCOUNTED_FAILURES and not outcome.credentials_proved:
             if self.factory.auth_limiter.record_failure(self.peer_host):
                 return self._refuse_blocked_address()
         if held:

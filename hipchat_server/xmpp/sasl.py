@@ -77,10 +77,15 @@ class Success:
 
 @dataclass(frozen=True)
 class Failure:
-    """Send ``<failure>`` with ``condition`` (and ``text`` as ``<text/>`` when set); the client may try again."""
+    """Send ``<failure>`` with ``condition`` (and ``text`` as ``<text/>`` when set); the client may try again.
+
+    ``credentials_proved``: the password was right and the login is refused for
+    another reason (a policy), so it is no guess to count against the address.
+    """
 
     condition: str
     text: str | None = None
+    credentials_proved: bool = False
 
 
 Outcome = Union[Challenge, Success, Failure]
