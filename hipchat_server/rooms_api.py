@@ -75,16 +75,18 @@ class RoomsApi:
     ``rooms`` a `RoomStore`, ``users`` a `storage.users.UserStore`, ``history`` a
     `History`, ``poster`` a `RoomPoster` (its ordered writer also carries the
     room's presence and subject stanzas), ``delivery`` a `users_api.UserDelivery`
-    (invitations); ``emit(kind, room, payload)`` announces room events.
+    (invitations); ``emit(kind, room, payload)`` announces room events;
+    ``guests`` (a `guests.Guests`) ends a room's guests when its guest access is turned off.
     """
 
     log = Logger()
 
-    def __init__(self, rooms, users, history, poster, delivery, *, domain: str, service: str, run_database, emit=None):
+    def __init__(self, rooms, users, history, poster, delivery, *, domain: str, service: str, run_database, emit=None, guests=None):
         self.rooms, self.users, self.history, self.poster, self.delivery = rooms, users, history, poster, delivery
         self.domain, self.service = domain, service
         self.run_database = run_database
         self.emit = emit
+        self.guests = guests  # a guests.Guests: ends a room's guests when its guest access goes off
 
     def room_jid(self, node: str) -> str:
         return f"{node}@{self.service}"
@@ -172,6 +174,8 @@ class RoomsApi:
         topic = fields.get("topic") or ""
         if not isinstance(topic, str) or len(topic) > TOPIC_MAX_LENGTH:
             raise Invalid(f"topic: expected a string of at most {TOPIC_MAX_LENGTH} characters")
+        if fields.get("guest_access") and privacy == "private":
+            raise Invalid("guest_access: only a public room takes guests")
         owner = caller.username
         if fields.get("owner_user_id") is not None:
             row = self.users.get_by_id(fields["owner_user_id"]) if isinstance(fields["owner_user_id"], int) else None
@@ -218,6 +222,12 @@ class RoomsApi:
             if fields["privacy"] not in PRIVACIES:
                 raise Invalid("privacy: expected public or private")
             config = replace(config, members_only=fields["privacy"] == "private")
+        guest = fields.get("is_guest_accessible")
+        if config.members_only:
+            if guest:
+                raise Invalid("is_guest_accessible: only a public room takes guests")
+            if details.is_guest_accessible:
+                guest = False  # a room made private lets its guests out
         owner = None
         if isinstance(fields.get("owner"), dict) and fields["owner"].get("id") is not None:
             row = yield self.run_database(self.users.get_by_id, fields["owner"]["id"]) if isinstance(fields["owner"]["id"], int) else None
@@ -230,7 +240,6 @@ class RoomsApi:
             except RoomExists:
                 raise Conflict(f"a room named {config.name!r} exists already") from None
         archived = fields.get("is_archived")
-        guest = fields.get("is_guest_accessible")
         if archived is not None or guest is not None or owner is not None:
             try:
                 yield self.run_database(
@@ -243,6 +252,8 @@ class RoomsApi:
                 )
             except UnknownUser:
                 raise NotFound("owner.id: no such user") from None
+        if guest is not None and not guest and details.is_guest_accessible and self.guests is not None:
+            yield self.run_database(self.guests.close_room, details.room.id)
         if config.members_only and not details.room.config.members_only:
             yield self._let_out_non_members(room)
         if archived and not details.is_archived:
@@ -584,6 +595,7 @@ def rooms_api(chat_server, history) -> RoomsApi:
     """The RoomsApi of a process, over ``chat_server``'s stores, ``history`` and its RoomPoster."""
     from twisted.internet import threads
 
+    from hipchat_server.guests import guests_for
     from hipchat_server.storage.rooms import RoomStore
     from hipchat_server.storage.users import UserStore
     from hipchat_server.users_api import user_delivery
@@ -602,4 +614,5 @@ def rooms_api(chat_server, history) -> RoomsApi:
         service=service,
         run_database=threads.deferToThread,
         emit=poster.emit,
+        guests=guests_for(chat_server),
     )

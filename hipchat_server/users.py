@@ -164,11 +164,12 @@ def get_user(store: UserStore, username: str) -> User:
 
 
 def create_user(
-    store: UserStore, username: str, name: str, email: str, password: str, is_admin: bool = False
+    store: UserStore, username: str, name: str, email: str, password: str, is_admin: bool = False, *, is_guest: bool = False
 ) -> User:
     """Create an active user with its argon2 hash and SCRAM credentials; return it.
 
-    Raises UserError naming the value that is invalid or already taken.
+    ``is_guest`` makes a guest account (`guests.Guests`), which `UserCredentials`
+    never lets log in. Raises UserError naming the value that is invalid or already taken.
     """
     username = validate_username(username)
     name = validate_name(name)
@@ -188,6 +189,7 @@ def create_user(
             email=email,
             password_hash=hash_password(password),
             is_admin=is_admin,
+            is_guest=is_guest,
         )
     except DuplicateKeyError as e:  # another administrator created the same user a moment ago
         value = {"username": username, "email": email, "mention_name": username}[e.column]
@@ -263,10 +265,13 @@ def verify_password(store: UserStore, username: str, password: str) -> bool:
     return _check_hash(row["password_hash"], password)
 
 
+def _active_row(row: Mapping | None) -> bool:
+    return row is not None and row.get("deleted_at") is None and bool(row["is_active"])
+
+
 def is_active(store: UserStore, username: str) -> bool:
     """True when ``username`` exists, is not deleted and is not disabled."""
-    row = store.get_by_username(username)
-    return row is not None and row.get("deleted_at") is None and bool(row["is_active"])
+    return _active_row(store.get_by_username(username))
 
 
 def ensure_admin(store: UserStore, username: str, email: str, password: str) -> AdminOutcome:
@@ -318,4 +323,6 @@ class UserCredentials:
         return verify_password(self.store, username, password)
 
     def is_active(self, username: str) -> bool:
-        return is_active(self.store, username)
+        """Active and not a guest: a guest logs in only over the WebSocket of its room's guest page (`xmpp.guests`)."""
+        row = self.store.get_by_username(username)
+        return _active_row(row) and not row.get("is_guest")

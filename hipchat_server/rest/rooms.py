@@ -104,6 +104,14 @@ def compact_room(context, details) -> dict:
     }
 
 
+def guest_access_url(context, details) -> str | None:
+    """The room's guest link (``guests.py``) while guest access is on; None otherwise."""
+    from hipchat_server.guests import guest_link
+
+    token = getattr(details, "guest_token", None)
+    return guest_link(context.public_url, token) if details.is_guest_accessible and token else None
+
+
 def full_room(context, details, owner: dict | None = None, participants=()) -> dict:
     room = details.room
     body = compact_room(context, details)
@@ -115,7 +123,7 @@ def full_room(context, details, owner: dict | None = None, participants=()) -> d
         owner=user_ref(context, owner) if owner else None,
         participants=[user_ref(context, row) for row in participants],
         is_guest_accessible=details.is_guest_accessible,
-        guest_access_url=None,
+        guest_access_url=guest_access_url(context, details),
         statistics={"links": {"self": api.link(context, "room", room.id, "statistics")}},
         delegate_admin_visibility=None,
     )

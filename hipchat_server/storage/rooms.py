@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import secrets
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
@@ -33,6 +34,9 @@ from hipchat_server.storage.database import run_in_transaction
 from hipchat_server.storage.schema import room_members, rooms, users
 from hipchat_server.xmpp.muc import AFFILIATION_RANK
 from hipchat_server.xmpp.muc_forms import RoomConfig
+
+#: Random bytes of a room's guest link token (32 URL-safe characters).
+GUEST_TOKEN_BYTES = 24
 
 
 class RoomExists(Exception):
@@ -387,7 +391,10 @@ class RoomStore:
         return run_in_transaction(self.engine, "get_room_directory", work)
 
     def set_details(self, node: str, *, archived: bool | None = None, guest_accessible: bool | None = None, owner: str | None = None) -> None:
-        """Change HipChat's archived and guest-access flags and the owner (who also becomes an owner by affiliation)."""
+        """Change HipChat's archived and guest-access flags and the owner (who also becomes an owner by affiliation).
+
+        Turning guest access on gives the room a new random guest link token; turning it off removes it.
+        """
 
         def work(connection):
             row = _room_row(connection, node, lock=True)
@@ -398,6 +405,11 @@ class RoomStore:
                 values["is_archived"] = archived
             if guest_accessible is not None:
                 values["is_guest_accessible"] = guest_accessible
+                # The guest link: a new one each time guest access goes on, none while it is off.
+                if not guest_accessible:
+                    values["guest_token"] = None
+                elif not row["is_guest_accessible"] or not row["guest_token"]:
+                    values["guest_token"] = secrets.token_urlsafe(GUEST_TOKEN_BYTES)
             if owner is not None:
                 user = _user(connection, owner)
                 if user is None:
@@ -432,11 +444,13 @@ class RoomDetails:
     is_guest_accessible: bool
     owner: str | None  # the owner's username
     created_at: object  # datetime (naive UTC)
+    guest_token: str | None = None  # the random part of the guest link, while guest access is on
 
 
 def _details(row) -> RoomDetails:
     return RoomDetails(
-        _room(row), row["topic"] or "", bool(row["is_archived"]), bool(row["is_guest_accessible"]), row["owner_username"], row["created_at"]
+        _room(row), row["topic"] or "", bool(row["is_archived"]), bool(row["is_guest_accessible"]), row["owner_username"], row["created_at"],
+        row["guest_token"] if row["is_guest_accessible"] else None,
     )
 
 

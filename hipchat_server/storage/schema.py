@@ -105,6 +105,8 @@ rooms = Table(
     Column("occupants_change_subject", Boolean, nullable=False, server_default="1"),
     Column("occupants_invite", Boolean, nullable=False, server_default="1"),
     Column("is_locked", Boolean, nullable=False, server_default="0"),  # created, not configured yet
+    # Migration 0007: the random part of the guest link while guest access is on (guests.py).
+    Column("guest_token", String(64), nullable=True, unique=True),
 )
 
 room_members = Table(
@@ -173,6 +175,18 @@ oauth_clients = Table(
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("scopes", JSON, nullable=False),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
+)
+
+# Guest accounts (migration 0007): a users row with is_guest, let into one room through its guest link.
+guests = Table(
+    "guests",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("room_id", Integer, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    Column("logged_in_at", DateTime, nullable=True),  # a guest link gives one session
+    Column("ended_at", DateTime, nullable=True),
+    Index("ix_guests_room_id", "room_id"),
 )
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Rooms: list, create, archive, delete (after a confirmation page), privacy, owner and members.
+"""Rooms: list, create, archive, delete (after a confirmation page), privacy, owner, members and guest access.
 
 Every change goes through `rooms_api.RoomsApi` as an administrator (the same
 operations, checks and XMPP effects as the REST API: a deleted room's
@@ -11,6 +11,7 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from hipchat_server import audit
+from hipchat_server.guests import guest_link
 from hipchat_server.users_api import Caller, Refused as DomainRefused
 from hipchat_server.web.console.app import Refused, int_arg
 
@@ -66,7 +67,11 @@ def register(console) -> None:
     def room(request, admin, room_id):
         details, owner, participants = yield refusing(api.get(caller(admin), str(room_id)))
         members = yield refusing(api.members(caller(admin), str(room_id)))
-        return "room.html", {"section": "rooms", "details": details, "members": members, "participants": participants, "jid": api.room_jid(details.room.jid_node)}
+        guest_url = guest_link(console.chat_server.get_config().server.public_url, details.guest_token) if details.guest_token else None
+        return "room.html", {
+            "section": "rooms", "details": details, "members": members, "participants": participants,
+            "jid": api.room_jid(details.room.jid_node), "guest_url": guest_url,
+        }
 
     @console.action("/rooms/<int:room_id>/edit")
     @defer.inlineCallbacks
@@ -94,6 +99,16 @@ def register(console) -> None:
         yield refusing(api.update(caller(admin), str(room_id), {"is_archived": archived}))
         yield record(admin, "room.archive" if archived else "room.unarchive", str(room_id))
         return f"/admin/rooms/{room_id}", "Archived: no one can post in it any more." if archived else "The room is open again."
+
+    @console.action("/rooms/<int:room_id>/guest-access")
+    @defer.inlineCallbacks
+    def guest_access(request, admin, form, room_id):
+        on = form.get("on") == "1"
+        yield refusing(api.update(caller(admin), str(room_id), {"is_guest_accessible": on}))
+        yield record(admin, "room.guest_access_on" if on else "room.guest_access_off", str(room_id))
+        if on:
+            return f"/admin/rooms/{room_id}", "Guest access is on: anyone with the guest link can chat in this room."
+        return f"/admin/rooms/{room_id}", "Guest access is off: the guest link no longer works and guests were let out."
 
     @console.action("/rooms/<int:room_id>/members/add")
     @defer.inlineCallbacks
