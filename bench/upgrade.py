@@ -71,52 +71,18 @@ def test_bundle(work: str) -> tuple[str, str, int]:
 
 
 async def chat_through_upgrade(endpoint, users: list[str], argv: list[str]) -> dict:
-    from tests.e2e.test_upgrade import Chatter, cli_in_namespace, longest_gap
+    """The e2e test's scenario (`tests.e2e.test_upgrade.chat_through`), reported as figures."""
+    from tests.e2e.test_upgrade import chat_through
 
-    pairs = list(zip(users[::2], users[1::2]))
-    receivers = [Chatter(endpoint, r) for _, r in pairs]
-    senders = [Chatter(endpoint, s, to=f"{r}@{endpoint.domain}") for s, r in pairs]
-    everyone = receivers + senders
-    for chatter in everyone:
-        await chatter.connect()
-    keepers = [asyncio.ensure_future(c.keep_connected()) for c in everyone]
-    stop = asyncio.Event()
-    sending = [asyncio.ensure_future(s.send_until(stop)) for s in senders]
-    try:
-        await asyncio.sleep(2.0)
-        start = time.monotonic()
-        done = await asyncio.get_running_loop().run_in_executor(None, cli_in_namespace, argv)
-        end = time.monotonic()
-        await asyncio.sleep(3.0)
-        stop.set()
-        await asyncio.gather(*sending)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            received = set().union(*(r.arrivals for r in receivers))
-            if all(b in s.acked for s in senders for b in s.sent) and set().union(*(s.acked for s in senders)) <= received:
-                break
-            for s in senders:
-                if s._connected():
-                    s.client.plugin["xep_0198"].request_ack()
-            await asyncio.sleep(0.5)
-        sent = {b for s in senders for b in s.sent}
-        received = set().union(*(r.arrivals for r in receivers))
-        if done.returncode != 0:
-            print(done.stdout[-4000:], done.stderr[-4000:], file=sys.stderr)
-        return {
-            "exit": done.returncode,
-            "apply_seconds": round(end - start, 1),
-            "longest_gap_seconds": round(max(longest_gap(c.events, start, end) for c in everyone), 1),
-            "longest_gap_by_client": {c.username: round(longest_gap(c.events, start, end), 1) for c in everyone},
-            "messages_sent": len(sent),
-            "messages_not_received": len(sent - received),
-            "reconnects": sum(c.reconnects for c in everyone),
-        }
-    finally:
-        for task in keepers:
-            task.cancel()
-        for chatter in everyone:
-            await chatter.close()
+    outcome = await chat_through(endpoint, list(zip(users[::2], users[1::2])), argv)
+    if outcome.done.returncode != 0:
+        print(outcome.done.stdout[-4000:], outcome.done.stderr[-4000:], file=sys.stderr)
+    return dict(
+        outcome.figures(),
+        exit=outcome.done.returncode,
+        longest_gap_by_client={name: round(gap, 1) for name, gap in outcome.longest_gap_by_client().items()},
+        messages_not_received=len(outcome.sent - outcome.received),
+    )
 
 
 def main() -> int:

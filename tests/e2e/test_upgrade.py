@@ -25,6 +25,7 @@ roles the bundle changed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import json
 import os
@@ -382,64 +383,91 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
     return max(b - a for a, b in zip(points, points[1:]))
 
 
+@dataclasses.dataclass
+class ChatThrough:
+    """What pairs of chatting clients saw while a CLI command ran (`chat_through`)."""
+
+    done: subprocess.CompletedProcess
+    senders: list[Chatter]
+    receivers: list[Chatter]
+    start: float
+    end: float
+
+    @property
+    def sent(self) -> set[str]:
+        return {b for s in self.senders for b in s.sent}
+
+    @property
+    def acked(self) -> set[str]:
+        return set().union(*(s.acked for s in self.senders))
+
+    @property
+    def received(self) -> set[str]:
+        return set().union(*(r.arrivals for r in self.receivers))
+
+    def longest_gap_by_client(self) -> dict[str, float]:
+        return {c.username: longest_gap(c.events, self.start, self.end) for c in self.receivers + self.senders}
+
+    def figures(self) -> dict:
+        return {
+            "apply_seconds": round(self.end - self.start, 1),
+            "longest_gap_seconds": round(max(self.longest_gap_by_client().values()), 1),
+            "messages_sent": len(self.sent),
+            "reconnects": sum(c.reconnects for c in self.receivers + self.senders),
+        }
+
+
+async def chat_through(endpoint, pairs: list[tuple[str, str]], argv: list[str]) -> ChatThrough:
+    """Each (sender, receiver) pair chats while ``hipchat-appliance argv`` runs in the loopback-only namespace.
+
+    Afterwards it waits (at most 60 s) until everything acknowledged has
+    arrived, live or from offline storage at a re-login. The bench
+    (bench/upgrade.py) runs the same scenario.
+    """
+    receivers = [Chatter(endpoint, r) for _, r in pairs]
+    senders = [Chatter(endpoint, s, to=f"{r}@{endpoint.domain}") for s, r in pairs]
+    everyone = receivers + senders
+    for chatter in everyone:
+        await chatter.connect()
+    keepers = [asyncio.ensure_future(c.keep_connected()) for c in everyone]
+    stop = asyncio.Event()
+    sending = [asyncio.ensure_future(s.send_until(stop)) for s in senders]
+    try:
+        await asyncio.sleep(2.0)
+        start = time.monotonic()
+        done = await asyncio.get_running_loop().run_in_executor(None, cli_in_namespace, argv)
+        end = time.monotonic()
+        await asyncio.sleep(3.0)
+        stop.set()
+        await asyncio.gather(*sending)
+        outcome = ChatThrough(done, senders, receivers, start, end)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if outcome.acked == outcome.sent and outcome.acked <= outcome.received:
+                break
+            for s in senders:
+                if s._connected():
+                    s.client.plugin["xep_0198"].request_ack()
+            await asyncio.sleep(0.5)
+        return outcome
+    finally:
+        for task in keepers:
+            task.cancel()
+        for chatter in everyone:
+            await chatter.close()
+
+
 def test_upgrade_while_clients_chat_loses_nothing(kit, chat_server, endpoint, new_user, record_property):
     """Applied with no network while clients chat: version N+1, migration and template applied, every message in history, gap < 30 s."""
     from appliance.upgrade import history
 
     pairs = [(new_user(), new_user()) for _ in range(2)]
-    figures = {}
-
-    async def scenario():
-        receivers = [Chatter(endpoint, r) for _, r in pairs]
-        senders = [Chatter(endpoint, s, to=f"{r}@{endpoint.domain}") for s, r in pairs]
-        everyone = receivers + senders
-        for chatter in everyone:
-            await chatter.connect()
-        keepers = [asyncio.ensure_future(c.keep_connected()) for c in everyone]
-        stop = asyncio.Event()
-        sending = [asyncio.ensure_future(s.send_until(stop)) for s in senders]
-        try:
-            await asyncio.sleep(2.0)
-            start = time.monotonic()
-            done = await asyncio.get_running_loop().run_in_executor(
-                None, cli_in_namespace, ["upgrade", "apply", kit["good"], "--yes", "--trusted-keys-dir", kit["keys"]]
-            )
-            end = time.monotonic()
-            await asyncio.sleep(3.0)
-            stop.set()
-            await asyncio.gather(*sending)
-            # Everything acknowledged reaches its receiver (live, or from offline storage at a re-login).
-            deadline = time.monotonic() + 60
-            acked = set().union(*(s.acked for s in senders))
-            while time.monotonic() < deadline:
-                received = set().union(*(r.arrivals for r in receivers))
-                unacked = [b for s in senders for b in s.sent if b not in s.acked]
-                if acked <= received and not unacked:
-                    break
-                for s in senders:
-                    if s._connected():
-                        s.client.plugin["xep_0198"].request_ack()
-                await asyncio.sleep(0.5)
-                acked = set().union(*(s.acked for s in senders))
-            figures.update(
-                apply_seconds=round(end - start, 1),
-                longest_gap_seconds=round(max(longest_gap(c.events, start, end) for c in everyone), 1),
-                messages_sent=sum(len(s.sent) for s in senders),
-                reconnects=sum(c.reconnects for c in everyone),
-            )
-            return done, senders, receivers
-        finally:
-            for task in keepers:
-                task.cancel()
-            for chatter in everyone:
-                await chatter.close()
-
-    done, senders, receivers = asyncio.run(asyncio.wait_for(scenario(), APPLY_TIMEOUT + 300))
+    argv = ["upgrade", "apply", kit["good"], "--yes", "--trusted-keys-dir", kit["keys"]]
+    outcome = asyncio.run(asyncio.wait_for(chat_through(endpoint, pairs, argv), APPLY_TIMEOUT + 300))
+    done, figures = outcome.done, outcome.figures()
+    sent, acked, received = outcome.sent, outcome.acked, outcome.received
     print(done.stdout[-6000:], done.stderr[-3000:])
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    sent = {b for s in senders for b in s.sent}
-    acked = set().union(*(s.acked for s in senders))
-    received = set().union(*(r.arrivals for r in receivers))
     assert acked == sent, f"{len(sent - acked)} messages were never acknowledged, e.g. {sorted(sent - acked)[:3]}"
     assert sent <= received, f"{len(sent - received)} messages never reached their recipient, e.g. {sorted(sent - received)[:3]}"
     in_history = wait_indexed(chat_server, [s for s, _ in pairs], endpoint.domain, sent)
