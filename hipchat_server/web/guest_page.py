@@ -45,6 +45,7 @@ def guest_settings(base: dict, domain: str, admission) -> dict:
         clear_cache_on_logout=True,
         persistent_store="sessionStorage",  # nothing of the guest's is kept once the tab is closed
         message_archiving="never",  # a guest has no archive of its own; the room's history comes from the room
+        hipchat_guest=True,  # for our start script (webclient.js), which takes it out before Converse sees it
     )
 
 

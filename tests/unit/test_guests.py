@@ -265,3 +265,61 @@ def test_guest_credentials_admit_users_as_before_and_guests_through_the_guest_lo
     assert credentials.is_active("alice") and credentials.admitted is None
     assert not credentials.is_active("guest-zzz")
     assert credentials.is_active("guest-abc") and credentials.admitted == "the guest"
+
+
+# The guest page.
+class PageGuests:
+    """`guests.Guests` stand-in for the page: one working token."""
+
+    def room(self, token):
+        from hipchat_server.guests import GuestRoom
+
+        if token != "good":
+            raise GuestRefused("guest access is turned off on this server")
+        return GuestRoom(1, f"lobby@{SERVICE}", "Lobby")
+
+    def admit(self, token, name):
+        from hipchat_server.guests import Admission, Guest, display_name
+
+        return Admission(Guest("guest-0123456789ab", display_name(name), self.room(token)), "s3cret-pass")
+
+
+def guest_page(tmp_path):
+    from hipchat_server.web.guest_page import GuestPage
+
+    (tmp_path / "converse.min.js").write_text("")
+    return GuestPage(PageGuests(), DOMAIN, "conference", str(tmp_path), run_blocking=lambda f, *a: defer.maybeDeferred(f, *a))
+
+
+def render(resource, method: str, token: bytes, form: bytes = b""):
+    import io
+
+    from twisted.web.test.requesthelper import DummyRequest
+
+    request = DummyRequest([token])
+    request.method = method.encode()
+    request.content = io.BytesIO(form)
+    body = (resource.render_GET if method == "GET" else resource.render_POST)(request)
+    if not isinstance(body, bytes):
+        body = b"".join(request.written)
+    return request, body.decode()
+
+
+def test_the_guest_page_asks_a_name_then_opens_the_room_only(tmp_path):
+    """GET: the name form; POST: Converse set to log in as the guest and join its one room; never cached; a bad link: 403."""
+    import json
+    import re
+
+    page = guest_page(tmp_path)
+    request, body = render(page, "GET", b"good")
+    assert request.responseCode in (None, 200) and "Join Lobby as a guest" in body and 'name="name"' in body
+    assert request.responseHeaders.getRawHeaders(b"cache-control") == [b"no-store"]
+    request, body = render(page, "POST", b"good", b"name=")
+    assert request.responseCode == 400 and "type a name" in body
+    request, body = render(page, "POST", b"good", b"name=Ada")
+    settings = json.loads(re.search(r'id="hipchat-settings">(.*?)</script>', body, re.S).group(1))
+    assert settings["jid"] == f"guest-0123456789ab@{DOMAIN}" and settings["password"] == "s3cret-pass" and settings["auto_login"]
+    assert settings["auto_join_rooms"] == [{"jid": f"lobby@{SERVICE}", "nick": "Ada (guest)"}] and settings["singleton"]
+    assert "hipchat-search-link" not in body  # no search page for a guest
+    request, body = render(page, "GET", b"bad")
+    assert request.responseCode == 403 and "turned off" in body

@@ -8,12 +8,18 @@
   settings.websocket_url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + settings.websocket_path;
   delete settings.websocket_path;
 
+  // A guest's page (/guest/<token>): once its one session ends (it left, or guest access was turned
+  // off) there is nothing to log back in to, so the page says so instead of showing a login form.
+  const guest = settings.hipchat_guest;
+  delete settings.hipchat_guest;
+
   const params = new URLSearchParams(location.search);
   const target = { jid: params.get("jid"), message: params.get("message") };
 
   converse.plugins.add("hipchat-links", {
     initialize() {
       const api = this._converse.api;
+      if (guest) api.listen.on("disconnected", showGuestEnded);
       if (!target.jid) return;
       api.listen.once("chatBoxesFetched", async () => {
         const isRoom = target.jid.includes("@" + settings.muc_domain);
@@ -22,6 +28,14 @@
       });
     },
   });
+
+  function showGuestEnded() {
+    const notice = document.createElement("p");
+    notice.className = "hipchat-guest-ended";
+    notice.setAttribute("role", "alert");
+    notice.textContent = "Your guest session has ended. To chat again, open the guest link again.";
+    document.body.replaceChildren(notice);
+  }
 
   // Waits (up to 20 s) for the message to arrive through history, then scrolls to it.
   function showMessage(chat, jid, stanzaId) {
