@@ -29,6 +29,8 @@ from hipchat_server.web.console import console_root
 from hipchat_server.search import search_for
 from hipchat_server.web import webclient
 from hipchat_server.web.search_page import SearchPage
+from hipchat_server.web.guest_page import GuestPage
+from hipchat_server.guests import guests_for
 from hipchat_server.web.sessions import web_sessions
 from hipchat_server.xmpp import websocket
 
@@ -100,6 +102,7 @@ def build_site(chat_server: ChatServer, websocket_factory: websocket.XmppWebSock
     )  # the web client (Converse.js), gated by the web_client feature flag
     root.putChild(b"webclient", webclient.assets(config.web_client.assets_dir))  # Converse.js, /webclient/<version>/
     root.putChild(b"static", webclient.package_static())
+    root.putChild(b"guest", GuestPage(guests_for(chat_server), config.server.domain, config.rooms.service, config.web_client.assets_dir))  # guest links
     root.putChild(b"search", SearchPage(web_sessions(chat_server), search_for(chat_server), config.server.domain))
     root.putChild(b"metrics", metrics.MetricsResource(api_context(chat_server).authenticator.caller))  # 127.0.0.1 or an admin token
     if websocket_factory is not None:
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     chat_server = ChatServer(config)
     tls = ssl.DefaultOpenSSLContextFactory(config.tls.private_key, config.tls.certificate)
-    websocket_factory = websocket.XmppWebSocketFactory()
+    websocket_factory = websocket.XmppWebSocketFactory(guests=guests_for(chat_server))  # guests log in only here
     site = build_site(chat_server, websocket_factory)
     reactor.listenSSL(config.http.https_port, site, tls, interface=config.http.bind_address)
     # Bound (and key read) as root; from here on run as the service user.

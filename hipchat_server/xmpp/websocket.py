@@ -15,7 +15,8 @@ TLS is the HTTPS connection's, so a stream starts at SASL. Each message is
 parsed on its own by the hardened `xml_parser.StreamParser` (no DTDs or
 entities, the same depth and attribute limits) and may be no larger than a
 TCP stream's stanza: 8 KiB before authentication, 256 KiB after. Binary
-messages are refused.
+messages are refused. Guests (`hipchat_server.guests`) log in only here, and
+their streams keep to their room (`xmpp.guests.GuestStream`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from hipchat_server.xmpp import guests as guest_streams
+from hipchat_server.xmpp import stream_management as sm
 from hipchat_server.xmpp.c2s import ClientConnection, ClientFactory
 from hipchat_server.xmpp.errors import STREAM_NS, StreamError, stream_error_element
 from hipchat_server.xmpp.features import SASL_NS
+from hipchat_server.xmpp.sasl import SaslServer, Success
 from hipchat_server.xmpp.stream import TokenBucket, XmppStreamProtocol
 from hipchat_server.xmpp.xml_parser import CLIENT_NS, XML_NS, StreamLimits, StreamParser
 
@@ -240,11 +244,43 @@ class WebSocketClientConnection(ClientConnection, FramedXmlStream):
     bytes it reads meanwhile.
     """
 
-    def __init__(self, factory: ClientFactory):
+    def __init__(self, factory: ClientFactory, guests=None):
         super().__init__(factory)
         self.tls_active = True  # inside HTTPS
+        self.guests = guests  # a guests.Guests: guest accounts may log in here (and only here)
+        self.guest: guest_streams.GuestStream | None = None  # once a guest logged in: keeps it to its room
+        self._guest_credentials: guest_streams.GuestCredentials | None = None
         self._queued: list[bytes] | None = None  # messages read while a SASL step runs
         self._release_call = None
+
+    def _authenticating(self, element: domish.Element) -> None:
+        if self._sasl is None and self.guests is not None:
+            # The stream's SASL session, made here instead of by c2s, so that it knows guest accounts
+            # (which every other login path refuses).
+            server = self.factory.sasl_server
+            self._guest_credentials = guest_streams.GuestCredentials(server.credentials, self.guests.login)
+            self._sasl = SaslServer(self._guest_credentials, server.domain, server.fake_salt_secret).session(tls_active=True)
+        super()._authenticating(element)
+
+    def _sasl_outcome(self, outcome) -> None:
+        admitted = self._guest_credentials.admitted if self._guest_credentials is not None else None
+        super()._sasl_outcome(outcome)
+        if isinstance(outcome, Success) and admitted is not None and self.authenticated and not self._gone:
+            self.guest = guest_streams.GuestStream(self, admitted, self.guests, self.factory.run_blocking, self.clock)
+            self.guest.start()
+
+    def _bound(self, element: domish.Element) -> None:
+        answers = self.guest.refused(element) if self.guest is not None and not sm.is_sm(element) else None
+        if answers is not None:  # stopped by the guest's rules
+            for answer in answers:
+                super().deliver(answer)
+            return self._count_handled(None)
+        super()._bound(element)
+
+    def deliver(self, stanza: domish.Element | str) -> None:
+        if self.guest is not None and not self.guest.inbound(stanza):
+            return None  # not for a guest: nothing but its room reaches it
+        return super().deliver(stanza)
 
     def message_received(self, payload: bytes) -> None:
         if self._queued is not None and not self._ended:
@@ -280,6 +316,8 @@ class WebSocketClientConnection(ClientConnection, FramedXmlStream):
             self._release_call.cancel()
         self._release_call = self._queued = None
         super().connectionLost(reason)
+        if self.guest is not None:
+            self.guest.stop()  # a guest's account ends with its session
 
 
 class XmppWebSocketProtocol(WebSocketServerProtocol):
@@ -300,7 +338,7 @@ class XmppWebSocketProtocol(WebSocketServerProtocol):
         rate = limits.rate_bytes_per_second
         self._bucket = TokenBucket(rate, limits.rate_burst_bytes, client_factory.clock) if rate else None
         self._resume_call = None
-        self.connection = WebSocketClientConnection(client_factory)
+        self.connection = WebSocketClientConnection(client_factory, guests=self.factory.guests)
         self.connection.makeConnection(MessageTransport(self))
 
     def onMessageBegin(self, isBinary: bool) -> None:
@@ -352,13 +390,16 @@ class XmppWebSocketFactory(WebSocketServerFactory):
     ``client_factory`` is the `c2s.ClientFactory` the streams share (domain,
     SASL, router, sessions, limits); until it is set, handshakes are refused
     with 503, so the HTTPS process can serve while it joins the session directory.
+    ``guests`` (a `guests.Guests`; None: no guests) lets guest accounts log in,
+    kept to their room (`xmpp.guests`).
     """
 
     protocol = XmppWebSocketProtocol
 
-    def __init__(self, client_factory: ClientFactory | None = None, url: str | None = None):
+    def __init__(self, client_factory: ClientFactory | None = None, url: str | None = None, guests=None):
         super().__init__(url=url, protocols=[SUBPROTOCOL])
         self.client_factory = client_factory
+        self.guests = guests
         hard_limit = (client_factory.limits if client_factory else StreamLimits()).max_stanza_size
         self.setProtocolOptions(
             webStatus=False,
