@@ -41,3 +41,19 @@ def test_start_on_a_running_appliance_changes_nothing():
     assert result.returncode == 0
     assert "already running" in result.stdout
     assert supervisorctl("pid", "all").stdout == before
+
+
+def test_the_processes_clients_wait_on_run_ahead_of_background_work_as_the_service_user():
+    """XMPP front ends and the HTTPS process at nice -5 (chat_core_frontend_nice), as hipchat; the indexer at 0."""
+    import pwd
+
+    from tests.conftest import program_pid
+
+    for program in ("chat-core:xmpp-0", "chat-core:web", "chat-core:indexer"):
+        pid = program_pid(program)
+        assert pid, f"{program} is not running"
+        expected = 0 if program.endswith("indexer") else -5
+        assert os.getpriority(os.PRIO_PROCESS, pid) == expected, program
+        with open(f"/proc/{pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        assert {pwd.getpwuid(int(uid)).pw_name for uid in uids} == {"hipchat"}, program
