@@ -174,8 +174,6 @@ class RoomsApi:
         topic = fields.get("topic") or ""
         if not isinstance(topic, str) or len(topic) > TOPIC_MAX_LENGTH:
             raise Invalid(f"topic: expected a string of at most {TOPIC_MAX_LENGTH} characters")
-        if fields.get("guest_access") and privacy == "private":
-            raise Invalid("guest_access: only a public room takes guests")
         owner = caller.username
         if fields.get("owner_user_id") is not None:
             row = self.users.get_by_id(fields["owner_user_id"]) if isinstance(fields["owner_user_id"], int) else None
@@ -198,7 +196,9 @@ class RoomsApi:
         if topic:
             self.rooms.set_subject(node, topic, None)
         if "guest_access" in fields:
-            self.rooms.set_details(node, guest_accessible=bool(fields["guest_access"]))
+            # Only a public room takes guests. HipChat's clients ask for guest access by default
+            # (hypchat's create_room sends guest_access=True): a private room is created without it, not refused.
+            self.rooms.set_details(node, guest_accessible=bool(fields["guest_access"]) and privacy == "public")
         self.log.info("{user} created room {node} through the API", user=caller.username, node=created.jid_node)
         self._emit("room_created", self.room_jid(node), {"room": self.room_jid(node), "by": caller.username})
         return self.rooms.details(str(created.id))

@@ -143,6 +143,14 @@ def test_a_room_and_the_callers_affiliation_are_read_in_one_go_by_id_name_or_add
     assert store.details_and_affiliation("no such room", "owner") == (None, "none")
 
 
+def test_a_private_room_is_created_without_guest_access_even_when_asked(world):
+    """hypchat asks for guest access by default; a private room is created, and takes no guests."""
+    details = result_of(world["api"].create(Caller("owner"), {"name": "Quiet", "privacy": "private", "guest_access": True}))
+    assert details.room.config.members_only and not details.is_guest_accessible
+    public = result_of(world["api"].create(Caller("owner"), {"name": "Open", "guest_access": True}))
+    assert public.is_guest_accessible
+
+
 def test_only_owners_admins_and_group_admins_change_a_room(world):
     api = world["api"]
     with pytest.raises(Forbidden):
