@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     chat_server = ChatServer(config)
     tls = ssl.DefaultOpenSSLContextFactory(config.tls.private_key, config.tls.certificate)
-    websocket_factory = websocket.XmppWebSocketFactory(guests=guests_for(chat_server))  # guests log in only here
+    # A WebSocket login is a web client login: the web_client flag decides per user.
+    websocket_factory = websocket.XmppWebSocketFactory(
+        login_allowed=webclient.login_allowed(feature_flags.for_server(chat_server)), guests=guests_for(chat_server)  # guests log in only here
+    )
     site = build_site(chat_server, websocket_factory)
     reactor.listenSSL(config.http.https_port, site, tls, interface=config.http.bind_address)
     # Bound (and key read) as root; from here on run as the service user.

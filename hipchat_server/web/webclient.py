@@ -15,6 +15,9 @@ The feature flag ``web_client`` decides who gets the page
 served to anyone (Converse's own login checks the password); off, it is
 refused; on for chosen groups only, the person logs in with a web session
 first (the search page's login) so the page knows whose groups to ask about.
+The flag also gates XMPP-over-WebSocket logins (`login_allowed`): a person
+it is off for gets a SASL failure saying so, while their desktop client
+(TCP) still logs in.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ def client_settings(domain: str, rooms_service: str, version: str) -> dict:
         "show_client_info": False,
         "i18n": "en",
     }
+
+
+def login_allowed(flags):
+    """``allowed(username)`` for XMPP-over-WebSocket logins (`xmpp.websocket.GatedSaslSession`): the ``web_client`` flag, per user. Blocking."""
+    return lambda username: flags.enabled(WEB_CLIENT_FLAG, username)
 
 
 class WebClientPage(resource.Resource):

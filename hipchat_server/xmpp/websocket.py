@@ -15,8 +15,14 @@ TLS is the HTTPS connection's, so a stream starts at SASL. Each message is
 parsed on its own by the hardened `xml_parser.StreamParser` (no DTDs or
 entities, the same depth and attribute limits) and may be no larger than a
 TCP stream's stanza: 8 KiB before authentication, 256 KiB after. Binary
-messages are refused. Guests (`hipchat_server.guests`) log in only here, and
-their streams keep to their room (`xmpp.guests.GuestStream`).
+messages are refused.
+
+A login over WebSocket is a login to the web client, so the factory's
+``login_allowed(username)`` (the ``web_client`` feature flag, asked per user
+once the password has been proved) may refuse it: SASL ``<not-authorized/>``
+with `WEB_CLIENT_OFF` as its text. The same account's TCP logins are not
+affected. Guests (`hipchat_server.guests`) log in only here, and their
+streams keep to their room (`xmpp.guests.GuestStream`).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from hipchat_server.xmpp import stream_management as sm
 from hipchat_server.xmpp.c2s import ClientConnection, ClientFactory
 from hipchat_server.xmpp.errors import STREAM_NS, StreamError, stream_error_element
 from hipchat_server.xmpp.features import SASL_NS
-from hipchat_server.xmpp.sasl import SaslServer, Success
+from hipchat_server.xmpp.sasl import NOT_AUTHORIZED, Failure as SaslFailure, SaslServer, Success
 from hipchat_server.xmpp.stream import TokenBucket, XmppStreamProtocol
 from hipchat_server.xmpp.xml_parser import CLIENT_NS, XML_NS, StreamLimits, StreamParser
 
@@ -53,6 +59,8 @@ _DECLARED_ENCODING = re.compile(rb"""\sencoding\s*=\s*(['"])([^'"]*)\1""")
 _START_TAG = re.compile(r"""<([^\s/>]+)((?:\s+[^\s=/>]+\s*=\s*(?:'[^']*'|"[^"]*"))*)\s*/?>""")
 _ATTRIBUTE_NAME = re.compile(r"""\s+([^\s=/>]+)\s*=\s*(?:'[^']*'|"[^"]*")""")
 _SASL_ANSWERS = frozenset({"challenge", "success", "failure"})
+#: The SASL failure text for a user the ``web_client`` flag is off for.
+WEB_CLIENT_OFF = "the web client is turned off for you; use a desktop XMPP client"
 
 
 def parse_message(payload: bytes, limits: StreamLimits, max_size: int) -> domish.Element | None:
@@ -236,17 +244,47 @@ class FramedXmlStream(XmppStreamProtocol):
         super().connectionLost(reason)
 
 
+class GatedSaslSession:
+    """A `sasl.SaslSession` whose Success becomes ``<not-authorized/>`` when ``allowed(username)`` says no.
+
+    ``allowed`` may block: it runs in the SASL step's thread, after the
+    password was proved, so it tells nothing to someone without it. After a
+    refusal the client may start again.
+    """
+
+    def __init__(self, server, allowed, text: str = WEB_CLIENT_OFF):
+        self.server, self.allowed, self.text = server, allowed, text
+        self.session = server.session(tls_active=True)
+
+    def _checked(self, outcome):
+        if isinstance(outcome, Success) and not self.allowed(outcome.username):
+            self.session = self.server.session(tls_active=True)  # the refused exchange counts as not done
+            return SaslFailure(NOT_AUTHORIZED, self.text, credentials_proved=True)  # not counted as a failed login
+        return outcome
+
+    def start(self, mechanism: str, initial_response):
+        return self._checked(self.session.start(mechanism, initial_response))
+
+    def respond(self, response):
+        return self._checked(self.session.respond(response))
+
+    def abort(self):
+        return self.session.abort()
+
+
 class WebSocketClientConnection(ClientConnection, FramedXmlStream):
     """A client stream over WebSocket: `c2s.ClientConnection`'s negotiation on `FramedXmlStream`'s framing.
 
     TLS is on (HTTPS). While a SASL step runs (in a thread), later messages
     wait and are replayed once it has answered, as the TCP stream holds the
-    bytes it reads meanwhile.
+    bytes it reads meanwhile. ``login_allowed(username)`` (blocking; None:
+    everyone) decides who may log in this way.
     """
 
-    def __init__(self, factory: ClientFactory, guests=None):
+    def __init__(self, factory: ClientFactory, login_allowed=None, guests=None):
         super().__init__(factory)
         self.tls_active = True  # inside HTTPS
+        self.login_allowed = login_allowed
         self.guests = guests  # a guests.Guests: guest accounts may log in here (and only here)
         self.guest: guest_streams.GuestStream | None = None  # once a guest logged in: keeps it to its room
         self._guest_credentials: guest_streams.GuestCredentials | None = None
@@ -254,12 +292,17 @@ class WebSocketClientConnection(ClientConnection, FramedXmlStream):
         self._release_call = None
 
     def _authenticating(self, element: domish.Element) -> None:
-        if self._sasl is None and self.guests is not None:
-            # The stream's SASL session, made here instead of by c2s, so that it knows guest accounts
-            # (which every other login path refuses).
+        if self._sasl is None and (self.login_allowed is not None or self.guests is not None):
+            # The stream's SASL session, made here instead of by c2s, so that its Success passes the gate
+            # and so that it knows guest accounts (which every other login path refuses).
             server = self.factory.sasl_server
-            self._guest_credentials = guest_streams.GuestCredentials(server.credentials, self.guests.login)
-            self._sasl = SaslServer(self._guest_credentials, server.domain, server.fake_salt_secret).session(tls_active=True)
+            if self.guests is not None:
+                self._guest_credentials = guest_streams.GuestCredentials(server.credentials, self.guests.login)
+                server = SaslServer(self._guest_credentials, server.domain, server.fake_salt_secret)
+            if self.login_allowed is not None:
+                self._sasl = GatedSaslSession(server, self.login_allowed)
+            else:
+                self._sasl = server.session(tls_active=True)
         super()._authenticating(element)
 
     def _sasl_outcome(self, outcome) -> None:
@@ -338,7 +381,7 @@ class XmppWebSocketProtocol(WebSocketServerProtocol):
         rate = limits.rate_bytes_per_second
         self._bucket = TokenBucket(rate, limits.rate_burst_bytes, client_factory.clock) if rate else None
         self._resume_call = None
-        self.connection = WebSocketClientConnection(client_factory, guests=self.factory.guests)
+        self.connection = WebSocketClientConnection(client_factory, self.factory.login_allowed, self.factory.guests)
         self.connection.makeConnection(MessageTransport(self))
 
     def onMessageBegin(self, isBinary: bool) -> None:
@@ -390,15 +433,17 @@ class XmppWebSocketFactory(WebSocketServerFactory):
     ``client_factory`` is the `c2s.ClientFactory` the streams share (domain,
     SASL, router, sessions, limits); until it is set, handshakes are refused
     with 503, so the HTTPS process can serve while it joins the session directory.
-    ``guests`` (a `guests.Guests`; None: no guests) lets guest accounts log in,
-    kept to their room (`xmpp.guests`).
+    ``login_allowed(username)`` (blocking; None: everyone) is asked at each
+    login (`GatedSaslSession`). ``guests`` (a `guests.Guests`; None: no guests)
+    lets guest accounts log in, kept to their room (`xmpp.guests`).
     """
 
     protocol = XmppWebSocketProtocol
 
-    def __init__(self, client_factory: ClientFactory | None = None, url: str | None = None, guests=None):
+    def __init__(self, client_factory: ClientFactory | None = None, url: str | None = None, login_allowed=None, guests=None):
         super().__init__(url=url, protocols=[SUBPROTOCOL])
         self.client_factory = client_factory
+        self.login_allowed = login_allowed
         self.guests = guests
         hard_limit = (client_factory.limits if client_factory else StreamLimits()).max_stanza_size
         self.setProtocolOptions(

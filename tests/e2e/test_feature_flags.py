@@ -6,6 +6,8 @@ time keep the feature; the flag is put back as it was afterwards. A change
 reaches every process within `feature_flags.CACHE_SECONDS`.
 
 - ``api_message_sending`` covers ``POST /v2/user/<id>/message``;
+- ``web_client`` refuses XMPP-over-WebSocket logins with a SASL failure saying
+  so, while the same account logs in over TCP;
 - ``webhooks`` in chosen-groups mode is decided by the groups of the user who
   created each webhook.
 """
@@ -22,7 +24,8 @@ import pytest
 from tests.e2e.test_api_rooms import Api
 from tests.e2e.test_rooms import join, member
 from tests.e2e.test_webhooks import Receiver, delete_created_webhooks, room_with_webhook, say  # noqa: F401  (its cleanup too)
-from tests.e2e.xmpp_client import TIMEOUT, run
+from tests.e2e.test_websocket import SASL, b64, connect
+from tests.e2e.xmpp_client import PASSWORD, TIMEOUT, login, run
 
 #: A flag change reaches the other processes within the cache time (5 s); this leaves room for a loaded machine.
 REACH_SECONDS = 8.0
@@ -81,6 +84,44 @@ def test_api_message_sending_off_refuses_private_messages_by_api(config, new_use
         assert error["code"] == 403 and error["type"] == "Forbidden" and "turned off" in error["message"]
         assert send(other).status_code == 204
     until(lambda: send(muted).status_code == 204, "the private message allowed again")
+
+
+async def websocket_plain_login(endpoint, port: int, username: str) -> str:
+    """The SASL answer (``<success/>`` or ``<failure/>``) to a PLAIN login over WebSocket; the stream is then dropped."""
+    stream = await connect(endpoint, port)
+    try:
+        await stream.open_stream(endpoint.domain)
+        stream.send_xml(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{b64(chr(0).join(('', username, PASSWORD)))}</auth>")
+        return await stream.receive() or ""
+    finally:
+        await stream.abort()
+
+
+def test_web_client_off_refuses_websocket_logins_with_a_clear_failure_while_tcp_logins_work(config, endpoint, new_user, off_for):
+    """With ``web_client`` off for their group, a user's XMPP-over-WebSocket login gets <not-authorized/> with a text
+    naming the web client; their TCP login (a desktop client) is bound; a user outside the group logs in over WebSocket."""
+    webless, webby = new_user(), new_user()
+    port = config.http.https_port
+
+    def websocket_answer(username):
+        return run(websocket_plain_login(endpoint, port, username))
+
+    with off_for("web_client", [webless]):
+        took = until(lambda: websocket_answer(webless).startswith("<failure"), "the WebSocket login refused")
+        print(f"the flag reached the HTTPS process after {took:.1f} s")
+        failure = websocket_answer(webless)
+        assert failure == (
+            f"<failure xmlns='{SASL}'><not-authorized/>"
+            "<text>the web client is turned off for you; use a desktop XMPP client</text></failure>"
+        )
+        assert websocket_answer(webby).startswith(f"<success xmlns='{SASL}'")
+
+        async def desktop():
+            client, ok = await login(endpoint, webless)
+            await client.close()
+            return ok
+
+        assert run(desktop()) is True
 
 
 def test_webhooks_in_chosen_groups_mode_follow_the_groups_of_each_webhooks_creator(config, endpoint, new_user, off_for):

@@ -14,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from hipchat_server.xmpp.c2s import ClientFactory
 from hipchat_server.xmpp.errors import StreamError
 from hipchat_server.xmpp.websocket import (
+    WEB_CLIENT_OFF,
     MessageTransport,
     WebSocketClientConnection,
     XmppWebSocketFactory,
@@ -59,10 +60,10 @@ class FakeWebSocket:
 class Client:
     """One browser client: feeds messages to a WebSocketClientConnection and reads the messages it sent."""
 
-    def __init__(self, factory: ClientFactory, clock):
+    def __init__(self, factory: ClientFactory, clock, login_allowed=None):
         self.clock = clock
         self.websocket = FakeWebSocket()
-        self.connection = WebSocketClientConnection(factory)
+        self.connection = WebSocketClientConnection(factory, login_allowed)
         self.connection.makeConnection(MessageTransport(self.websocket))
 
     def send(self, xml: str | bytes) -> list[str]:
@@ -149,6 +150,42 @@ def test_messages_between_two_websocket_clients_declare_jabber_client(factory, c
     delivered = bob.websocket.messages[0]
     assert delivered.startswith("<message xmlns='jabber:client' ")
     assert f"from='alice@{DOMAIN}/a'" in delivered and "<body>hi</body>" in delivered
+
+
+def test_a_user_the_web_client_is_off_for_is_refused_with_a_failure_saying_so(factory, clock):
+    """With the right password, a user ``login_allowed`` refuses gets <not-authorized/> and its text; no session; a retry
+    is answered alike, and such refusals are not failed logins (the address is never blocked for them)."""
+    asked = []
+
+    def allowed(username):
+        asked.append(username)
+        return False
+
+    client = Client(factory, clock, allowed)
+    client.send(OPEN)
+    tries = factory.auth_limiter.max_failures + 1
+    for _ in range(tries):
+        failure = client.auth_plain()[0]
+        assert failure == f"<failure xmlns='{SASL}'><not-authorized/><text>{WEB_CLIENT_OFF}</text></failure>"
+        assert not client.connection.authenticated
+    assert asked == ["alice"] * tries
+    assert not factory.auth_limiter.blocked("192.0.2.7")
+    assert "<not-authorized/>" in client.auth_plain(password="wrong")[0] and len(asked) == tries  # a wrong password is not asked about
+
+
+def test_a_user_the_web_client_is_on_for_logs_in_through_the_gate(factory, clock):
+    """``login_allowed`` saying yes changes nothing: SCRAM success, restart, bind."""
+    client = Client(factory, clock, lambda username: username == "alice")
+    client.send(OPEN)
+    scram = ScramClient(["SCRAM-SHA-256"], "alice", "wonderland")
+    first = base64.b64encode(scram.get_client_first().encode()).decode()
+    challenge = client.send(f"<auth xmlns='{SASL}' mechanism='SCRAM-SHA-256'>{first}</auth>")[0]
+    scram.set_server_first(base64.b64decode(re.search(r">([^<]+)</challenge>", challenge).group(1)).decode())
+    final = base64.b64encode(scram.get_client_final().encode()).decode()
+    assert client.send(f"<response xmlns='{SASL}'>{final}</response>")[0].startswith(f"<success xmlns='{SASL}'")
+    assert client.connection.authenticated
+    client.send(OPEN)
+    assert f"<jid>alice@{DOMAIN}/web</jid>" in client.bind("web")[0]
 
 
 def test_element_without_namespace_counts_as_jabber_client(factory, clock):
