@@ -18,6 +18,7 @@ address, like XMPP logins: `xmpp.auth_limits`.)
 A Bearer token is looked up by its SHA-256 in ``api_tokens`` (remembered
 for `TOKEN_CACHE_TTL` seconds, so a busy bot does not cost a query per
 request; `forget_token` drops it at once when this process revokes it).
+A Basic caller's account (id and admin flag) is remembered as long.
 `authenticate` (the older interface) takes only personal tokens with the
 ``view_messages`` scope and answers the username.
 
@@ -124,6 +125,7 @@ class Authenticator:
         """``accounts(username)`` answers ``(user_id, is_admin)`` for Basic callers (None: unknown id, not admin)."""
         self.credentials, self.tokens, self.accounts = credentials, tokens, accounts
         self._tokens_seen: dict[str, tuple[float, object]] = {}
+        self._accounts_seen: dict[str, tuple[float, tuple[int | None, bool]]] = {}
         self.now = now or (lambda: datetime.now(timezone.utc).replace(tzinfo=None))  # MariaDB keeps naive UTC
         self.clock = clock
         self._key = secrets.token_bytes(32)
@@ -144,11 +146,28 @@ class Authenticator:
         scheme, _, value = (authorization or "").strip().partition(" ")
         if scheme.lower() == "basic":
             username = self._basic(value.strip())
-            user_id, is_admin = self.accounts(username) if self.accounts is not None else (None, False)
+            user_id, is_admin = self._account(username)
             return Caller(username, user_id, scopes_allowed(is_admin), f"user:{username}", is_admin=is_admin)
         if scheme.lower() == "bearer":
             return self._token_caller(value.strip())
         raise AuthenticationFailed("send Authorization: Basic (username and password) or Bearer (a token)")
+
+    def _account(self, username: str) -> tuple[int | None, bool]:
+        """``accounts(username)``, remembered for `TOKEN_CACHE_TTL` seconds like a token: a script calling
+        with Basic credentials would otherwise cost a query per request (a demotion takes effect within that)."""
+        if self.accounts is None:
+            return None, False
+        now = self.clock()
+        with self._lock:
+            seen = self._accounts_seen.get(username)
+        if seen is not None and seen[0] > now:
+            return seen[1]
+        account = self.accounts(username)
+        with self._lock:
+            if len(self._accounts_seen) >= MAX_CACHED_TOKENS:
+                self._accounts_seen.pop(next(iter(self._accounts_seen)))
+            self._accounts_seen[username] = (now + TOKEN_CACHE_TTL, account)
+        return account
 
     def password_caller(self, username: str, password: str) -> Caller:
         """The `Caller` a username and password prove, checked now (never a remembered result): a web login."""

@@ -20,7 +20,7 @@ from twisted.internet import defer, reactor, ssl, threads
 from twisted.web import resource, server
 
 from hipchat_server import __version__, feature_flags, health, metrics
-from hipchat_server.app.process import drop_privileges, start_process
+from hipchat_server.app.process import GarbageCollectionWatch, drop_privileges, start_process, tune_garbage_collection
 from hipchat_server.app.xmpp import open_session_directory, start_frontend
 from hipchat_server.rest import api_context, api_root
 from hipchat_server.rest.body_limit import BodyLimitedRequest
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     config = start_process("hipchat-web", "HipChat Server HTTPS process", argv)
     if config is None:
         return 2
+    GarbageCollectionWatch().install()
     chat_server = ChatServer(config)
     tls = ssl.DefaultOpenSSLContextFactory(config.tls.private_key, config.tls.certificate)
     # A WebSocket login is a web client login: the web_client flag decides per user.
@@ -153,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     # Bound (and key read) as root; from here on run as the service user.
     drop_privileges(config.server.user)
     join_frontends(chat_server, websocket_factory)
+    # As in the XMPP front ends: an API answer or a WebSocket stanza leaves young garbage; with Python's
+    # default thresholds full collections walked every start-up object often enough to show in p99.
+    tune_garbage_collection()
     log.info("serving HTTPS on %s:%d", config.http.bind_address, config.http.https_port)
     reactor.run()
     return 0

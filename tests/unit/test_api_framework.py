@@ -258,6 +258,23 @@ def test_basic_callers_hold_every_scope_their_account_allows():
     assert authenticator.caller(basic("bob")).rate_key == "user:bob"
 
 
+def test_a_basic_callers_account_is_read_once_per_token_cache_period():
+    """A script calling with Basic credentials costs one account query per 10 s, and a demotion shows after that."""
+    reads, admin, now = [], {"root": True}, [100.0]
+
+    def accounts(username):
+        reads.append(username)
+        return 1, admin[username]
+
+    authenticator = Authenticator(FakeCredentials(), accounts=accounts, clock=lambda: now[0])
+    for _ in range(3):
+        assert authenticator.caller(basic("root")).is_admin
+    assert reads == ["root"]
+    admin["root"] = False
+    now[0] += 10.5
+    assert not authenticator.caller(basic("root")).is_admin and reads == ["root", "root"]
+
+
 def test_tokens_never_hold_more_than_their_user_may_and_room_tokens_only_send_notification(tokens):
     """A non-admin's token listing admin_group does not get it; a room token is send_notification for its room."""
     tokens.add("grand", scopes=("admin_group", "view_group"))
