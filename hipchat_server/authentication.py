@@ -125,7 +125,7 @@ class Authenticator:
         """``accounts(username)`` answers ``(user_id, is_admin)`` for Basic callers (None: unknown id, not admin)."""
         self.credentials, self.tokens, self.accounts = credentials, tokens, accounts
         self._tokens_seen: dict[str, tuple[float, object]] = {}
-        self._accounts_seen: dict[str, tuple[float, tuple[int | None, bool]]] = {}
+        self._accounts_seen: dict[str, tuple[float, tuple[int | None, bool]]] = {}  # (user id, is admin) of Basic callers
         self.now = now or (lambda: datetime.now(timezone.utc).replace(tzinfo=None))  # MariaDB keeps naive UTC
         self.clock = clock
         self._key = secrets.token_bytes(32)
@@ -157,17 +157,7 @@ class Authenticator:
         with Basic credentials would otherwise cost a query per request (a demotion takes effect within that)."""
         if self.accounts is None:
             return None, False
-        now = self.clock()
-        with self._lock:
-            seen = self._accounts_seen.get(username)
-        if seen is not None and seen[0] > now:
-            return seen[1]
-        account = self.accounts(username)
-        with self._lock:
-            if len(self._accounts_seen) >= MAX_CACHED_TOKENS:
-                self._accounts_seen.pop(next(iter(self._accounts_seen)))
-            self._accounts_seen[username] = (now + TOKEN_CACHE_TTL, account)
-        return account
+        return self._remembered(self._accounts_seen, username, self.accounts)
 
     def password_caller(self, username: str, password: str) -> Caller:
         """The `Caller` a username and password prove, checked now (never a remembered result): a web login."""
@@ -206,17 +196,21 @@ class Authenticator:
         )
 
     def _find_token(self, token_hash: str):
+        return self._remembered(self._tokens_seen, token_hash, self.tokens.find)
+
+    def _remembered(self, seen: dict, key: str, load):
+        """``load(key)``, remembered in ``seen`` for `TOKEN_CACHE_TTL` seconds (at most `MAX_CACHED_TOKENS` keys)."""
         now = self.clock()
         with self._lock:
-            seen = self._tokens_seen.get(token_hash)
-        if seen is not None and seen[0] > now:
-            return seen[1]
-        row = self.tokens.find(token_hash)
+            entry = seen.get(key)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        value = load(key)
         with self._lock:
-            if len(self._tokens_seen) >= MAX_CACHED_TOKENS:
-                self._tokens_seen.pop(next(iter(self._tokens_seen)))
-            self._tokens_seen[token_hash] = (now + TOKEN_CACHE_TTL, row)
-        return row
+            if len(seen) >= MAX_CACHED_TOKENS:
+                seen.pop(next(iter(seen)))
+            seen[key] = (now + TOKEN_CACHE_TTL, value)
+        return value
 
     def forget_token(self, token_hash: str | None = None) -> None:
         """Drop a remembered token (every one when ``token_hash`` is None): after a revocation in this process."""

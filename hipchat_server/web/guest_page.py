@@ -49,6 +49,9 @@ def guest_settings(base: dict, domain: str, admission) -> dict:
     )
 
 
+INCOMPLETE_LINK = "this guest link is incomplete; ask for the whole link"
+
+
 class GuestPage(resource.Resource):
     """GET and POST ``/guest/<token>``. ``guests`` is a `guests.Guests`; ``webclient`` the `webclient.WebClientPage` (its release)."""
 
@@ -62,26 +65,25 @@ class GuestPage(resource.Resource):
         self.base_settings = client_settings(domain, rooms_service, self.version)
 
     def _token(self, request) -> str | None:
+        """Set the page's headers; the link's token, or None when the link is incomplete."""
+        secure_page_headers(request)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
         if len(request.postpath) != 1 or not request.postpath[0]:
             return None
         return request.postpath[0].decode("ascii", "replace")
 
     def render_GET(self, request):
-        secure_page_headers(request)
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
         token = self._token(request)
         if token is None:
-            return self._refused(request, "this guest link is incomplete; ask for the whole link")
+            return self._refused(request, INCOMPLETE_LINK)
         d = self.run_blocking(self.guests.room, token)
         d.addCallback(lambda room: render("guest.html", room=room, error=None, name=""))
         return self._answer(request, d)
 
     def render_POST(self, request):
-        secure_page_headers(request)
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
         token = self._token(request)
         if token is None:
-            return self._refused(request, "this guest link is incomplete; ask for the whole link")
+            return self._refused(request, INCOMPLETE_LINK)
         try:
             name = read_form(request).get("name", "")
         except ValueError as e:

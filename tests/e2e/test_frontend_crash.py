@@ -77,6 +77,23 @@ def bodies(received: asyncio.Queue) -> set[str]:
     return out
 
 
+async def arrivals_at_next_login(endpoint, username: str, wanted: set[str]) -> set[str]:
+    """The bodies a fresh login of ``username`` receives (offline storage) until all of ``wanted`` came or TIMEOUT."""
+    again, ok = await login(endpoint, username)
+    assert ok, f"{username} could not log in again"
+    got: set[str] = set()
+    try:
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while not wanted <= got and asyncio.get_running_loop().time() < deadline:
+            try:
+                got.add((await asyncio.wait_for(again.received.get(), 1.0))["body"])
+            except asyncio.TimeoutError:
+                continue
+    finally:
+        await again.close()
+    return got
+
+
 def kill_and_wait_for_restart(program: str) -> None:
     pid = program_pid(program)
     assert pid, f"{program} is not running"
@@ -136,21 +153,8 @@ def test_messages_for_a_killed_recipient_front_end_are_stored_and_delivered_at_n
             after_kill = {b for b in stream.sent[killed_at:] if b in stream.acked}
             assert after_kill, "nothing sent after the kill was acknowledged"
             receiver.abort()
-            again, ok = await login(endpoint, recipient)
-            assert ok
-            try:
-                got: set[str] = set()
-                deadline = asyncio.get_running_loop().time() + TIMEOUT
-                while not after_kill <= got and asyncio.get_running_loop().time() < deadline:
-                    try:
-                        message = await asyncio.wait_for(again.received.get(), 1.0)
-                    except asyncio.TimeoutError:
-                        continue
-                    got.add(message["body"])
-                missing = after_kill - got
-                assert not missing, f"{len(missing)} acknowledged messages were lost, e.g. {sorted(missing)[:3]}"
-            finally:
-                await again.close()
+            missing = after_kill - await arrivals_at_next_login(endpoint, recipient, after_kill)
+            assert not missing, f"{len(missing)} acknowledged messages were lost, e.g. {sorted(missing)[:3]}"
         finally:
             await sender.close()
 
@@ -178,20 +182,8 @@ def test_a_restarted_recipient_front_end_keeps_what_its_clients_did_not_acknowle
             restarted = await asyncio.get_running_loop().run_in_executor(None, supervisorctl, "restart", VICTIM)
             assert restarted.returncode == 0, restarted.stdout + restarted.stderr
             receiver.abort()
-            again, ok = await login(endpoint, recipient)
-            assert ok
-            try:
-                got: set[str] = set()
-                deadline = asyncio.get_running_loop().time() + TIMEOUT
-                while not unacknowledged <= got and asyncio.get_running_loop().time() < deadline:
-                    try:
-                        got.add((await asyncio.wait_for(again.received.get(), 1.0))["body"])
-                    except asyncio.TimeoutError:
-                        continue
-                missing = unacknowledged - got
-                assert not missing, f"{len(missing)} of {len(unacknowledged)} unacknowledged messages were lost, e.g. {sorted(missing)[:3]}"
-            finally:
-                await again.close()
+            missing = unacknowledged - await arrivals_at_next_login(endpoint, recipient, unacknowledged)
+            assert not missing, f"{len(missing)} of {len(unacknowledged)} unacknowledged messages were lost, e.g. {sorted(missing)[:3]}"
         finally:
             await sender.close()
 
