@@ -17,6 +17,7 @@ error). Anything else (429, 5xx, a cluster that is down) is sent again with a
 back-off, forever; meanwhile the spool grows, and it drains by itself when
 OpenSearch is back. The document id is the record id, so whatever is sent
 twice (a retry, a restart after kill -9) replaces itself: never a duplicate.
+A message its client sent twice is two records; `ResentCopies` keeps one.
 
 The positions reached are saved in the status file (`STATUS_FILE`) at most
 once a second, so a restart re-reads only the last second or so (idempotent
@@ -32,9 +33,12 @@ import os
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from datetime import datetime, timezone
 
+from hipchat_server.archive import index_name
 from hipchat_server.storage.message_index import Document, MessageIndex
+from hipchat_server.storage.recent import ORIGIN_SECONDS
 from hipchat_server.storage.spool_tail import Position, SpoolTail
 
 log = logging.getLogger("hipchat.indexer")
@@ -57,6 +61,9 @@ RETRY_MAX_SECONDS = 5.0
 STATUS_INTERVAL_SECONDS = 1.0
 SUMMARY_INTERVAL_SECONDS = 60.0
 ERROR_LOG_SECONDS = 30.0  # the same failure, retried every few seconds during an outage, is logged this often
+# Copies indexed by this process that `ResentCopies` remembers (~200 bytes each): the last minutes at
+# full speed, far longer at an office's pace. Older ones are searched for (refreshed by then).
+REMEMBERED_COPIES = 100_000
 
 
 def parse_timestamp(timestamp: str) -> float:
@@ -102,6 +109,84 @@ class DeadLetters:
         target = os.path.join(self.directory, f"{spool_name}-{os.path.basename(segment_path)}")
         shutil.move(segment_path, target)
         log.error("moved the damaged segment %s to %s", segment_path, target)
+
+
+class ResentCopies:
+    """Keeps the newest of the records a client's resends made of one message (same sender and origin-id).
+
+    The front ends recognise a resend by its origin-id in Redis (`archive.MessageArchive.store`),
+    but two windows remain: a front end killed between a message's fsync and that Redis write, and
+    a Redis failover that loses the write. The client then resends through another front end, and
+    two spools hold the message. The newest copy is the one its recipients got (delivery waits for
+    the Redis write the older copy never made), so it is indexed and the older one is deleted or
+    never indexed, whichever spool the indexer reads first. Copies more than `ORIGIN_SECONDS` apart
+    are separate messages, as for the front ends.
+    """
+
+    def __init__(self, index: MessageIndex, remembered: int = REMEMBERED_COPIES):
+        self.index = index
+        self.remembered = remembered
+        self._indexed: OrderedDict[tuple[str, str], tuple[str, str, float]] = OrderedDict()  # -> (id, index, time)
+        self.dropped_total = 0
+
+    def sort(self, documents: list[Document]) -> tuple[list[Document], list[tuple[str, str]], list[Document]]:
+        """``documents`` split into those to index, the older copies to delete ((index, id)), and those to drop.
+
+        Asks OpenSearch (one search) about the copies not remembered here;
+        raises when it cannot answer, like a bulk request.
+        """
+        to_index, dropped, copies_in_batch = [], [], {}
+        for document in documents:
+            key = _resend_key(document.record)
+            if key is None:
+                to_index.append(document)
+            else:
+                copies_in_batch.setdefault(key, []).append(document)
+        newest = {}
+        for key, copies in copies_in_batch.items():
+            copies.sort(key=lambda d: d.record["id"], reverse=True)
+            newest[key] = copies[0]
+            stamp = parse_timestamp(copies[0].record["timestamp"])
+            for copy in copies[1:]:
+                resend = stamp - parse_timestamp(copy.record["timestamp"]) <= ORIGIN_SECONDS
+                (dropped if resend else to_index).append(copy)
+        known = {key: [self._indexed[key]] for key in newest if key in self._indexed}
+        unknown = [key for key in newest if key not in known]
+        if unknown:
+            since = min(parse_timestamp(newest[key].record["timestamp"]) for key in unknown) - ORIGIN_SECONDS
+            for copy in self.index.copies_with_origins(sorted({origin for _, origin in unknown}), int(since * 1000)):
+                key = (copy.get("sender"), copy.get("origin_id"))
+                if key in newest:
+                    known.setdefault(key, []).append((copy["id"], copy["index"], parse_timestamp(copy["timestamp"])))
+        deletions = []
+        for key, document in newest.items():
+            stamp = parse_timestamp(document.record["timestamp"])
+            copies = [c for c in known.get(key, ()) if c[0] != document.record["id"] and abs(stamp - c[2]) <= ORIGIN_SECONDS]
+            if any(copy_id > document.record["id"] for copy_id, _, _ in copies):
+                dropped.append(document)  # a newer copy is indexed already
+                continue
+            to_index.append(document)
+            deletions.extend((index, copy_id) for copy_id, index, _ in copies)
+        self.dropped_total += len(dropped) + len(deletions)
+        if dropped or deletions:
+            log.info("resent messages: kept the newest copy of each; %d older copies not indexed, %d deleted", len(dropped), len(deletions))
+        return to_index, deletions, dropped
+
+    def remember(self, documents: list[Document]) -> None:
+        """Note ``documents`` as indexed (those with an origin-id), forgetting the oldest beyond `remembered`."""
+        for document in documents:
+            key = _resend_key(document.record)
+            if key is None:
+                continue
+            self._indexed[key] = (document.record["id"], index_name(self.index.prefix, document.record), parse_timestamp(document.record["timestamp"]))
+            self._indexed.move_to_end(key)
+        while len(self._indexed) > self.remembered:
+            self._indexed.popitem(last=False)
+
+
+def _resend_key(record: dict) -> tuple[str, str] | None:
+    origin_id, sender = record.get("origin_id"), record.get("sender")
+    return (sender, origin_id) if isinstance(origin_id, str) and origin_id and isinstance(sender, str) else None
 
 
 class IndexingStats:
@@ -187,6 +272,7 @@ class SpoolIndexer:
         self.stopping = stopping or threading.Event()
         self.dead_letters = DeadLetters.beside(spool_dir)
         self.stats = IndexingStats()
+        self.resent = ResentCopies(index)
         self.tails: dict[str, SpoolTail] = {}
         self.started = clock()
         self.last_success: float | None = None
@@ -292,12 +378,23 @@ class SpoolIndexer:
     def _index(self, documents: list[Document]) -> bool:
         """Send ``documents`` until each is acknowledged or rejected for good; False if stopped first."""
         pending, delay, rejected = documents, RETRY_FIRST_SECONDS, 0
+        deletions, sorted_out, indexed = None, False, []
         while pending:
             try:
-                outcome = self.index.bulk(pending)
+                if not sorted_out:
+                    pending, deletions, _ = self.resent.sort(pending)
+                    sorted_out = True
+                    if not pending and not deletions:
+                        break  # every one an older copy of a message indexed already
+                outcome = self.index.bulk(pending, deletions)
             except Exception as e:  # connection refused, timeout, 5xx for the whole request
                 self._error(f"bulk request of {len(pending)} records failed: {type(e).__name__}: {e}", f"bulk {type(e).__name__}")
             else:
+                for (index, copy_id), reason in outcome.undeleted:
+                    # Not retried: a leftover copy of a resent message is a duplicate in history, not a loss.
+                    log.warning("could not delete %s from %s, an older copy of a resent message: %s", copy_id, index, reason)
+                deletions = []
+                indexed.extend(outcome.indexed)
                 for origin in sorted({d.origin for d, _ in outcome.rejected}):
                     self.dead_letters.reject(
                         origin, [(d.source, error) for d, error in outcome.rejected if d.origin == origin], self.clock()
@@ -315,6 +412,7 @@ class SpoolIndexer:
             if self.stopping.wait(delay):
                 return False
             delay = min(delay * 2, RETRY_MAX_SECONDS)
+        self.resent.remember(indexed)
         now = self.clock()
         self.last_success = now
         self.stats.batch([d.record for d in documents], rejected, now)
@@ -385,6 +483,7 @@ class SpoolIndexer:
             "last_error_at": iso_time(self.last_error_at),
             "indexed_total": self.stats.indexed_total,
             "rejected_total": self.stats.rejected_total,
+            "resent_copies_removed_total": self.resent.dropped_total,
             "last_minute": self.stats.last_minute,
             "backlog_bytes": sum(d["backlog_bytes"] or 0 for d in directories.values()),
             "directories": directories,

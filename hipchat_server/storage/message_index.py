@@ -3,7 +3,8 @@
 Every message record is one document in ``<prefix>-YYYY.MM`` (the month of
 its server timestamp, `archive.index_name`), with the record's id as the
 document id, so writing the same record again replaces it instead of adding
-a second copy. The index template (opensearch role) gives each month its
+a second copy. (A client's resend of a message, a second record with its
+own id, is a different matter: the indexer's `ResentCopies` keeps one of them.) The index template (opensearch role) gives each month its
 shards, replicas and mapping, and the ``<prefix>`` alias covers every month.
 """
 
@@ -47,29 +48,42 @@ class BulkOutcome:
     indexed: list[Document] = field(default_factory=list)
     retry: list[tuple[Document, str]] = field(default_factory=list)  # may succeed later: send again
     rejected: list[tuple[Document, dict]] = field(default_factory=list)  # never will: dead-letter it
+    undeleted: list[tuple[tuple[str, str], str]] = field(default_factory=list)  # (index, id) not deleted, and why
 
 
-def bulk_body(prefix: str, documents: list[Document]) -> bytes:
-    """The NDJSON body indexing ``documents``; each _source is the spooled JSON as it is (no re-encoding)."""
+def bulk_body(prefix: str, documents: list[Document], deletions: list[tuple[str, str]] = ()) -> bytes:
+    """The NDJSON body indexing ``documents``, then deleting ``deletions`` ((index, id) pairs).
+
+    Each _source is the spooled JSON as it is (no re-encoding).
+    """
     lines = []
     for document in documents:
         action = {"index": {"_index": index_name(prefix, document.record), "_id": document.record["id"]}}
         lines.append(json.dumps(action, separators=(",", ":")).encode())
         lines.append(document.source)
+    for index, document_id in deletions:
+        lines.append(json.dumps({"delete": {"_index": index, "_id": document_id}}, separators=(",", ":")).encode())
     lines.append(b"")
     return b"\n".join(lines)
 
 
-def bulk_outcome(documents: list[Document], response: dict) -> BulkOutcome:
+def bulk_outcome(documents: list[Document], response: dict, deletions: list[tuple[str, str]] = ()) -> BulkOutcome:
     """Sort the documents of a bulk request by the response's item for each (items come back in order)."""
     outcome = BulkOutcome()
     items = response.get("items") or []
-    if len(items) != len(documents):
+    if len(items) != len(documents) + len(deletions):
         # Should not happen; if it does, nothing is known to be stored.
-        reason = f"the bulk response has {len(items)} items for {len(documents)} documents"
+        reason = f"the bulk response has {len(items)} items for {len(documents)} documents and {len(deletions)} deletions"
         outcome.retry = [(d, reason) for d in documents]
+        outcome.undeleted = [(pair, reason) for pair in deletions]
         return outcome
-    for document, item in zip(documents, items):
+    for pair, item in zip(deletions, items[len(documents) :]):
+        result = next(iter(item.values()))
+        status = int(result.get("status", 0))
+        if not (200 <= status < 300 or status == 404):  # 404: gone already, as wanted
+            error = result.get("error") or {}
+            outcome.undeleted.append((pair, f"{status} {error.get('type', 'unknown') if isinstance(error, dict) else error}"))
+    for document, item in zip(documents, items[: len(documents)]):
         result = next(iter(item.values()))
         status = int(result.get("status", 0))
         if 200 <= status < 300:
@@ -90,16 +104,39 @@ class MessageIndex:
         self.client = client
         self.prefix = prefix
 
-    def bulk(self, documents: list[Document]) -> BulkOutcome:
-        """Index ``documents`` in one request; raises when the request as a whole fails (cluster down).
+    def bulk(self, documents: list[Document], deletions: list[tuple[str, str]] = ()) -> BulkOutcome:
+        """Index ``documents`` and delete ``deletions`` ((index, id) pairs) in one request.
 
-        No refresh: new documents become searchable within the index's refresh
-        interval, and until then readers find them in the Redis recent lists.
+        Raises when the request as a whole fails (cluster down). No refresh:
+        new documents become searchable within the index's refresh interval,
+        and until then readers find them in the Redis recent lists.
         """
         response = self.client.bulk(
-            body=bulk_body(self.prefix, documents), refresh=False, request_timeout=BULK_TIMEOUT_SECONDS
+            body=bulk_body(self.prefix, documents, deletions), refresh=False, request_timeout=BULK_TIMEOUT_SECONDS
         )
-        return bulk_outcome(documents, response)
+        return bulk_outcome(documents, response, deletions)
+
+    def copies_with_origins(self, origin_ids: list[str], since_ms: int) -> list[dict]:
+        """Indexed records stamped at or after ``since_ms`` whose XEP-0359 origin-id is one of ``origin_ids``.
+
+        Each is ``{"id", "sender", "origin_id", "timestamp", "index"}``. Only
+        what a refresh has made searchable is found (the caller remembers
+        what it indexed since).
+        """
+        response = self.client.search(
+            index=f"{self.prefix}-*",
+            body={
+                "size": min(10_000, 2 * len(origin_ids)),
+                "_source": ["id", "sender", "origin_id", "timestamp"],
+                "query": {"bool": {"filter": [
+                    {"terms": {"origin_id": list(origin_ids)}},
+                    {"range": {"timestamp": {"gte": since_ms, "format": "epoch_millis"}}},
+                ]}},
+            },
+            allow_no_indices=True,
+            request_timeout=ADMIN_TIMEOUT_SECONDS,
+        )
+        return [dict(hit["_source"], index=hit["_index"]) for hit in response["hits"]["hits"]]
 
     def create_month(self, year: int, month: int) -> bool:
         """Create one month's index (the template applies); False when it already exists."""

@@ -54,13 +54,14 @@ class TestSpool:
         self.spool.open()
         self.appended = 0
 
-    def records(self, count: int) -> list[dict]:
+    def records(self, count: int, origin_ids: list[str] | None = None) -> list[dict]:
+        """``count`` new records (not spooled yet); with ``origin_ids``, each carries one (XEP-0359)."""
         from ulid import ULID
 
         from hipchat_server.archive import timestamp_of
 
         made = []
-        for _ in range(count):
+        for i in range(count):
             n = self.appended + len(made)
             record_id = ULID()
             body = f"indexer fault test message {n} about deploys and rollbacks"
@@ -76,7 +77,7 @@ class TestSpool:
                     "sender_name": "alice",
                     "recipient": None,
                     "body": body,
-                    "origin_id": None,
+                    "origin_id": origin_ids[i] if origin_ids else None,
                     "xml": f"<message from='{self.room}/alice' type='groupchat'><body>{body}</body>"
                     f"<stanza-id xmlns='urn:xmpp:sid:0' id='{record_id}' by='{self.room}'/></message>",
                 }
@@ -85,7 +86,10 @@ class TestSpool:
 
     def append(self, count: int) -> list[dict]:
         """Spool ``count`` new records and return once all are fsynced."""
-        records = self.records(count)
+        return self.write(self.records(count))
+
+    def write(self, records: list[dict]) -> list[dict]:
+        """Spool ``records`` and return them once all are fsynced."""
         done, failures, remaining = threading.Event(), [], [len(records)]
         lock = threading.Lock()
 
@@ -101,7 +105,7 @@ class TestSpool:
             self.spool.append(r).addBoth(fired)
         assert done.wait(120), "the spool did not commit in time"
         assert not failures, failures[0]
-        self.appended += count
+        self.appended += len(records)
         return records
 
     def close_and_roll(self) -> None:
@@ -145,6 +149,41 @@ def wait_until_indexed(chat_server, config, spool: TestSpool, timeout: float) ->
     assert indexed_count(chat_server, config, spool.room) == spool.appended, "a record was indexed twice"
     spool.close_and_roll()
     wait_for(lambda: len(spool.segments()) == 1, 30, 0.5, "the indexed segments to be removed")
+
+
+def indexed_ids(chat_server, config, room: str) -> list[str]:
+    client = chat_server.get_opensearch_client()
+    client.indices.refresh(index=f"{config.archive.index_prefix}-*", request_timeout=30)
+    body = {"query": {"term": {"room": room}}, "size": 1000, "_source": ["id"]}
+    return sorted(hit["_source"]["id"] for hit in client.search(index=config.archive.index_prefix, body=body)["hits"]["hits"])
+
+
+def test_a_resent_message_spooled_by_two_front_ends_is_indexed_once(chat_server, config, test_spool):
+    """A front end killed between a message's fsync and its Redis origin key leaves one copy in its spool; the
+    client's resend through another front end leaves a second. History keeps the newer copy (the one delivered),
+    whichever spool the real indexer reads first."""
+    resending = TestSpool(config)
+    resending.room = test_spool.room
+    try:
+        # The killed front end's copies are indexed first; the resends then replace them.
+        test_spool.write(test_spool.records(20, [f"first-{n}" for n in range(20)]))
+        wait_for(lambda: len(indexed_ids(chat_server, config, test_spool.room)) == 20, 60, 0.5, "the first copies indexed")
+        resends = resending.write(resending.records(20, [f"first-{n}" for n in range(20)]))
+        newer = sorted(r["id"] for r in resends)
+        wait_for(lambda: indexed_ids(chat_server, config, test_spool.room) == newer, 60, 0.5, "the older copies replaced by the resends")
+
+        # Now the other order: the resends are indexed before the killed front end's spool is read.
+        older = test_spool.records(20, [f"second-{n}" for n in range(20)])
+        later = resending.write(resending.records(20, [f"second-{n}" for n in range(20)]))
+        newer += [r["id"] for r in later]
+        wait_for(lambda: indexed_ids(chat_server, config, test_spool.room) == sorted(newer), 60, 0.5, "the resends indexed")
+        test_spool.write(older)
+        for spool in (test_spool, resending):
+            spool.close_and_roll()
+            wait_for(lambda: len(spool.segments()) == 1, 30, 0.5, "the older copies handled and their segments removed")
+        assert indexed_ids(chat_server, config, test_spool.room) == sorted(newer), "an older copy was indexed after the newer"
+    finally:
+        resending.remove()
 
 
 def indexer_running() -> int:

@@ -101,7 +101,9 @@ class FakeOpenSearch:
 
     def __init__(self):
         self.documents: dict[tuple[str, str], dict] = {}
-        self.requests: list[list[str]] = []  # the _ids of each bulk request
+        self.requests: list[list[str]] = []  # the _ids of each bulk request's index actions
+        self.deletions: list[tuple[str, str]] = []  # (index, _id) of every delete action
+        self.searches = 0
         self.params: list[dict] = []
         self.answers: list = []
         self.indices = FakeIndices()
@@ -109,20 +111,46 @@ class FakeOpenSearch:
     def bulk(self, body, **params):
         lines = body.split(b"\n")
         assert lines[-1] == b"", "a bulk body ends with a newline"
-        pairs = [(json.loads(lines[i])["index"], json.loads(lines[i + 1])) for i in range(0, len(lines) - 1, 2)]
-        self.requests.append([action["_id"] for action, _ in pairs])
+        actions, n = [], 0
+        while n < len(lines) - 1:
+            (kind, action), = json.loads(lines[n]).items()
+            if kind == "index":
+                actions.append((kind, action, json.loads(lines[n + 1])))
+                n += 2
+            else:
+                actions.append((kind, action, None))
+                n += 1
+        self.requests.append([action["_id"] for kind, action, _ in actions if kind == "index"])
         self.params.append(params)
         answer = self.answers.pop(0) if self.answers else (lambda _id: 201)
         if isinstance(answer, Exception):
             raise answer
         items = []
-        for action, source in pairs:
+        for kind, action, source in actions:
+            key = (action["_index"], action["_id"])
+            if kind == "delete":
+                self.deletions.append(key)
+                found = self.documents.pop(key, None) is not None
+                items.append({"delete": {**action, "status": 200 if found else 404}})
+                continue
             status = answer(action["_id"])
             if status < 300:
-                self.documents[(action["_index"], action["_id"])] = source
+                self.documents[key] = source
             error = None if status < 300 else {"type": "mapper_parsing_exception" if status == 400 else "es_rejected_execution_exception"}
             items.append({"index": {"_index": action["_index"], "_id": action["_id"], "status": status, "error": error}})
-        return {"errors": any(i["index"]["error"] for i in items), "items": items}
+        return {"errors": any(next(iter(i.values())).get("error") for i in items), "items": items}
+
+    def search(self, index, body, **params):
+        """The resend lookup's query only: origin-ids (terms) stamped since a time (range, epoch millis)."""
+        self.searches += 1
+        terms, since = body["query"]["bool"]["filter"]
+        origins, since_ms = set(terms["terms"]["origin_id"]), since["range"]["timestamp"]["gte"]
+        hits = [
+            {"_index": name, "_id": _id, "_source": {k: source[k] for k in body["_source"]}}
+            for (name, _id), source in self.documents.items()
+            if source.get("origin_id") in origins and indexing.parse_timestamp(source["timestamp"]) * 1000 >= since_ms
+        ]
+        return {"hits": {"hits": hits}}
 
 
 @pytest.fixture
@@ -558,3 +586,107 @@ def test_finished_months_with_more_than_one_segment_per_shard_copy_are_merged(cl
     assert merged == ["messages-2026.10"]
     assert client.indices.merged == [("messages-2026.10", 1)]
     assert client.indices.refreshed == ["messages-2026.10"]
+
+
+# A message its client sent twice (through two front ends, both copies spooled): one copy in history.
+def resent(n: int, minute: int = 15, second: int = 21, origin: str = "orig-1") -> dict:
+    """Copy ``n`` of the message alice sent with origin-id ``origin``: its own id, its own time."""
+    return {**record(n), "timestamp": f"2026-11-26T09:{minute:02d}:{second:02d}.{n % 1000:03d}Z", "origin_id": origin}
+
+
+def test_two_copies_of_a_resent_message_in_one_batch_index_only_the_newest(spool_dir, client):
+    """The killed front end's copy and the resend, read together: the newer (the one delivered) alone is indexed."""
+    write_segment(spool_dir / "xmpp-0", 1, [resent(1), record(2)])
+    write_segment(spool_dir / "xmpp-1", 1, [resent(3)])
+    indexer = make_indexer(spool_dir, client)
+    drain(indexer)
+    assert sorted(i for _, i in client.documents) == [record(2)["id"], resent(3)["id"]]
+    assert indexer.resent.dropped_total == 1
+    assert segment_numbers(spool_dir / "xmpp-0") == [1] and indexer.tails["xmpp-0"].backlog_bytes() == 0, "the dropped copy is handled, not left behind"
+
+
+def test_an_older_copy_indexed_first_is_deleted_when_the_newer_arrives(spool_dir, client):
+    write_segment(spool_dir / "xmpp-0", 1, [resent(1)])
+    indexer = make_indexer(spool_dir, client)
+    drain(indexer)
+    write_segment(spool_dir / "xmpp-1", 1, [resent(3)])
+    drain(indexer)
+    assert list(client.documents) == [("messages-2026.11", resent(3)["id"])]
+    assert client.deletions == [("messages-2026.11", resent(1)["id"])]
+
+
+def test_an_older_copy_read_after_the_newer_is_never_indexed(spool_dir, client):
+    write_segment(spool_dir / "xmpp-1", 1, [resent(3)])
+    indexer = make_indexer(spool_dir, client)
+    drain(indexer)
+    write_segment(spool_dir / "xmpp-0", 1, [resent(1)])
+    drain(indexer)
+    assert list(client.documents) == [("messages-2026.11", resent(3)["id"])]
+    assert client.requests[-1] == [] or resent(1)["id"] not in client.requests[-1]
+
+
+def test_a_copy_indexed_before_a_restart_is_found_by_a_search(spool_dir, client):
+    """A new indexer process remembers nothing: the earlier copy is found in OpenSearch and deleted."""
+    write_segment(spool_dir / "xmpp-0", 1, [resent(1)])
+    drain(make_indexer(spool_dir, client))
+    write_segment(spool_dir / "xmpp-1", 1, [resent(3)])
+    client.searches = 0
+    drain(make_indexer(spool_dir, client))
+    assert client.searches >= 1
+    assert list(client.documents) == [("messages-2026.11", resent(3)["id"])]
+
+
+def test_a_remembered_copy_needs_no_search(spool_dir, client):
+    write_segment(spool_dir / "xmpp-0", 1, [resent(1)])
+    indexer = make_indexer(spool_dir, client)
+    drain(indexer)
+    client.searches = 0
+    write_segment(spool_dir / "xmpp-1", 1, [resent(3)])
+    drain(indexer)
+    assert client.searches == 0
+    assert list(client.documents) == [("messages-2026.11", resent(3)["id"])]
+
+
+def test_the_same_origin_id_over_an_hour_apart_is_two_messages(spool_dir, client):
+    """As at the front ends, a resend is recognised within ORIGIN_SECONDS; later the same origin-id is a new message."""
+    early, late = {**resent(1), "timestamp": "2026-11-26T07:00:00.001Z"}, resent(3)
+    write_segment(spool_dir / "xmpp-0", 1, [early])
+    write_segment(spool_dir / "xmpp-1", 1, [late])
+    drain(make_indexer(spool_dir, client))
+    assert len(client.documents) == 2 and client.deletions == []
+
+
+def test_other_senders_and_origin_ids_are_separate_messages(spool_dir, client):
+    bob = {**resent(2), "sender": "bob@example.com"}
+    write_segment(spool_dir / "xmpp-0", 1, [resent(1), bob, resent(3, origin="orig-2")])
+    drain(make_indexer(spool_dir, client))
+    assert len(client.documents) == 3 and client.deletions == []
+
+
+def test_a_record_read_again_after_a_restart_replaces_itself_and_deletes_nothing(spool_dir, client):
+    """The same record (same id) twice is not a resend: indexed again over itself, nothing deleted."""
+    write_segment(spool_dir / "xmpp-0", 1, [resent(1)])
+    drain(make_indexer(spool_dir, client))
+    os.remove(os.path.join(str(spool_dir), STATUS_FILE))  # as if killed before the position was saved
+    drain(make_indexer(spool_dir, client))
+    assert list(client.documents) == [("messages-2026.11", resent(1)["id"])]
+    assert client.deletions == []
+
+
+def test_a_failed_lookup_is_retried_like_a_failed_bulk_request(spool_dir, client, monkeypatch):
+    """The cluster down during the resend lookup: nothing is indexed or dropped until it answers."""
+    write_segment(spool_dir / "xmpp-0", 1, [resent(1)])
+    calls = []
+    real_search = client.search
+
+    def search_failing_once(index, body, **params):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OpenSearchConnectionError("N/A", "connection refused", None)
+        return real_search(index, body, **params)
+
+    monkeypatch.setattr(client, "search", search_failing_once)
+    indexer = make_indexer(spool_dir, client)
+    drain(indexer)
+    assert len(calls) == 2 and list(client.documents) == [("messages-2026.11", resent(1)["id"])]
+    assert "failed" in (indexer.last_error or "")
