@@ -111,8 +111,13 @@ if [ -n "$OFFLINE_DIR" ]; then
     # roles/common/tasks/offline.yml writes, here before Ansible so that python3-venv
     # and the preflight role's Java check find the bundle's packages on a fresh host.
     APT_SOURCE=/etc/apt/sources.list.d/hipchat-offline.list
+    # The play runs every apt call with APT_CONFIG naming this file (installer/site.yml):
+    # a fresh host's apt lists may know a mirror, whose copies apt would otherwise choose.
+    APT_CONFIG_FILE=/etc/apt/hipchat-offline.conf
     APT_OFFLINE=(-o "Dir::Etc::SourceList=$APT_SOURCE" -o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0)
     wanted=$(printf '# From the installer: the packages of the offline bundle in %s.\ndeb [trusted=yes] file:%s/debs ./\n' "$OFFLINE_DIR" "$OFFLINE_DIR")
+    printf '// From the installer: with APT_CONFIG naming this file, apt reads only the offline bundle'"'"'s packages.\nDir::Etc::SourceList "%s";\nDir::Etc::SourceParts "-";\nAPT::Get::List-Cleanup "0";\n' \
+        "$APT_SOURCE" > "$APT_CONFIG_FILE"
     if [ "$(cat "$APT_SOURCE" 2>/dev/null)" != "$wanted" ]; then
         printf '%s\n' "$wanted" > "$APT_SOURCE"
         DEBIAN_FRONTEND=noninteractive apt-get "${APT_OFFLINE[@]}" update -qq

@@ -4,8 +4,7 @@ One full bundle of this checkout (its own version) is built once for the module 
 build (pip, apt, Maven, npm, all reaching the registries), signed with a throwaway key that the
 tests trust through ``--trusted-keys-dir``; the build time and the size are printed.
 
-What the offline tests cover, and what they cannot: a truly fresh host is out of reach on this
-machine (the appliance is installed and running here, shared by the whole suite). So:
+What the offline tests cover:
 
 - ``test_bundle_alone_installs_with_no_network`` proves, inside a loopback-only network namespace
   (``tests/netns.py``; no route, no resolver, no registry), that the bundle alone is complete for a
@@ -21,10 +20,15 @@ machine (the appliance is installed and running here, shared by the whole suite)
   setting changed for it: preflight's port check is off (``-e preflight_ports={}``), because in
   the namespace the bridges hold the appliance's ports and preflight rightly names them as
   foreign processes.
+- ``test_a_fresh_host_installs_from_the_bundle_with_no_network`` does the documented air-gapped
+  install on a fresh host (``tests/fresh_host.py``: this machine's Debian root with the appliance
+  hidden and its packages purged, in its own mount, PID and loopback-only network namespaces),
+  then checks the whole appliance is up and two users chat through it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import hashlib
@@ -42,6 +46,7 @@ from tests.conftest import REPO_DIR, VENV_DIR, program_pid, recap_counts, run_ap
 
 DEPLOY_LOCK = "/tmp/hipchat-deploy.lock"
 OFFLINE_APT_SOURCE = "/etc/apt/sources.list.d/hipchat-offline.list"
+OFFLINE_APT_CONFIG = "/etc/apt/hipchat-offline.conf"
 INSTALLED_SOURCE_CHECKSUM = os.path.join(VENV_DIR, ".hipchat-source.sha256")
 
 
@@ -247,6 +252,8 @@ def _installed_checksum() -> str:
 
 def _forget_offline_source(releases: str) -> None:
     """Remove the apt source the offline run wrote (its directory is this test's) and apt's index of it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(OFFLINE_APT_CONFIG)  # only ever named by the offline play's APT_CONFIG
     if os.path.exists(OFFLINE_APT_SOURCE):
         with open(OFFLINE_APT_SOURCE) as f:
             ours = releases in f.read()
@@ -255,3 +262,88 @@ def _forget_offline_source(releases: str) -> None:
             # apt names a list by its URI: '_' escaped as %5f, then '/' as '_'.
             for listed in glob.glob("/var/lib/apt/lists/" + releases.rstrip("/").replace("_", "%5f").replace("/", "_") + "_*"):
                 os.remove(listed)
+
+
+# Debian packages a standard Debian 12 install has already; every other package the bundle holds
+# for the roles is purged from the fresh host first, so the install must bring it from the bundle.
+STANDARD_DEBIAN = {"ca-certificates", "iproute2", "openssl", "procps", "python3"}
+
+# Two users of the fresh appliance chat over a real XMPP client in its network namespace.
+FRESH_CHAT = """
+import asyncio, sys, types
+from tests.e2e.xmpp_client import Endpoint, collect, run, send_durably, sm_login
+domain, ca, alice, bob = sys.argv[1:5]
+config = types.SimpleNamespace(server=types.SimpleNamespace(domain=domain), xmpp=types.SimpleNamespace(c2s_port=5222, c2s_tls_port=5223),
+                               tls=types.SimpleNamespace(ca_certificate=ca))
+async def chat():
+    endpoint = Endpoint(config)
+    sender, receiver = await sm_login(endpoint, alice), await sm_login(endpoint, bob)
+    await send_durably(sender, f"{bob}@{domain}", "hello from an air-gapped appliance")
+    print(await collect(receiver.received, 1))
+    for client in (sender, receiver):
+        await client.close()
+run(chat())
+"""
+
+
+def test_a_fresh_host_installs_from_the_bundle_with_no_network(built, tmp_path):
+    """The documented air-gapped install (extract the installer, `install.sh --bundle`) on a fresh Debian 12 root
+    with no network: the appliance comes up whole, and two users chat through it."""
+    from tests.fresh_host import fresh_host
+    from tests.e2e.xmpp_client import PASSWORD
+
+    purge = sorted(set(built["manifest"]["debs"]) - STANDARD_DEBIAN)
+    made = time.monotonic()
+    with fresh_host(purge) as host:
+        print(f"\nfresh host made in {time.monotonic() - made:.0f} s (purged {len(purge)} packages and what only they needed)")
+        assert host.network.outside_problems() == []
+        assert host.run("test ! -e /opt/hipchat && ! id hipchat && ! command -v java && ! command -v mariadbd").returncode == 0
+        bundle, trusted = host.carry_in(built["path"]), host.carry_in(built["trusted"])
+        started = time.monotonic()
+        done = host.run(
+            f"mkdir air-gap && cd air-gap && tar -xf {bundle} installer appliance/bundle && "
+            f"bash installer/install.sh --bundle {bundle} --trusted-keys-dir {trusted}",
+            timeout=1800,
+        )
+        seconds = time.monotonic() - started
+        output = done.stdout + done.stderr
+        print(f"fresh install from the bundle: {seconds:.0f} s")
+        assert done.returncode == 0, output[-5000:]
+        assert f"Verified: version {built['version']}" in output
+        assert recap_counts(done.stdout)["failed"] == 0
+
+        status = host.run("/opt/hipchat/venv/bin/hipchat-appliance status --json", timeout=120)
+        sections = json.loads(status.stdout)["sections"]
+        assert status.returncode == 0 and all(s["healthy"] for s in sections.values()), status.stdout[-3000:]
+        processes = sections["processes"]["details"]["processes"]
+        assert len(processes) >= 20 and {p["state"] for p in processes} == {"RUNNING"}, processes
+        assert sections["opensearch"]["details"]["cluster"]["status"] == "green"
+        assert sections["mariadb"]["details"]["schema_revision"] == sections["mariadb"]["details"]["code_revision"]
+        assert host.run("readlink /opt/hipchat/current").stdout.strip().endswith(f"/releases/{built['version']}")
+
+        users = []
+        for name in ("alice", "bob"):
+            username = f"fresh-{name}"
+            added = host.run(
+                f"printf '%s\\n' '{PASSWORD}' > /root/password && /opt/hipchat/venv/bin/hipchat-appliance user add {username} "
+                f"--name 'Fresh {name}' --email {username}@example.com --password-file /root/password"
+            )
+            assert added.returncode == 0, added.stdout + added.stderr
+            users.append(username)
+        domain = host.run("/opt/hipchat/venv/bin/python -c 'from hipchat_server.config import load_config; "
+                          "print(load_config(\"/etc/hipchat/hipchat.yml\").server.domain)'").stdout.strip()
+        ca = tmp_path / "fresh-ca.crt"
+        ca.write_text(host.run("cat /etc/hipchat/tls/ca.crt").stdout)
+        chatted = subprocess.run(
+            host.network.command([f"{VENV_DIR}/bin/python", "-c", FRESH_CHAT, domain, str(ca), *users]),
+            capture_output=True, text=True, timeout=180, cwd=REPO_DIR, env={**os.environ, "PYTHONPATH": REPO_DIR},
+        )
+        assert chatted.returncode == 0, chatted.stdout[-2000:] + chatted.stderr[-3000:]
+        assert "hello from an air-gapped appliance" in chatted.stdout
+        # ...and it went the durable way: spool, then the fresh cluster's message index.
+        search = ("python3 -c 'import urllib.request; "
+                  "print(urllib.request.urlopen(\"http://127.0.0.1:9200/messages/_count?q=body:air-gapped\").read().decode())'")
+        deadline = time.monotonic() + 60
+        while json.loads(host.run(search).stdout or "{}").get("count") != 1:
+            assert time.monotonic() < deadline, host.run(search).stdout
+            time.sleep(1)
