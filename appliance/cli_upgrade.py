@@ -46,8 +46,13 @@ def upgrade() -> None:
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--trusted-keys-dir", type=click.Path(file_okay=False), help="Also trust the public keys (*.pub) in this directory.")
+@click.option(
+    "--skip-port-check", is_flag=True,
+    help="Do not check that no other program holds the appliance's ports (only for an upgrade run in a network "
+    "namespace whose ports are carried in from outside, where preflight cannot tell the carriers apart).",
+)
 @click.pass_context
-def apply(ctx: click.Context, bundle: str, yes: bool, trusted_keys_dir: str | None) -> None:
+def apply(ctx: click.Context, bundle: str, yes: bool, trusted_keys_dir: str | None, skip_port_check: bool) -> None:
     """Verify BUNDLE, back up, install it offline, restart one process at a time, check health.
 
     A bundle that is damaged, signed by an unknown key, or not meant for the running version is
@@ -62,7 +67,9 @@ def apply(ctx: click.Context, bundle: str, yes: bool, trusted_keys_dir: str | No
         return yes or click.confirm(question, default=False)
 
     try:
-        entry = apply_bundle(_chat_server(ctx), bundle, progress, _trusted_keys_dir(ctx, trusted_keys_dir), confirm)
+        entry = apply_bundle(
+            _chat_server(ctx), bundle, progress, _trusted_keys_dir(ctx, trusted_keys_dir), confirm, check_ports=not skip_port_check
+        )
     except UpgradeRefused as e:
         progress.say(f"refused: {e}", terminal=False)
         error_console.print(f"[red]Refused:[/red] {escape(str(e))} (nothing was changed)", soft_wrap=True)

@@ -109,7 +109,8 @@ def main() -> int:
             figures["test_bundle_build_seconds"] = round(time.monotonic() - t, 1)
         figures["bundle_bytes"] = size
         users = make_users(4)
-        argv = ["upgrade", "apply", bundle, "--yes"] + (["--trusted-keys-dir", keys] if keys else [])
+        # In the namespace the bridges hold the ports: preflight would take them for foreign programs.
+        argv = ["upgrade", "apply", bundle, "--yes", "--skip-port-check"] + (["--trusted-keys-dir", keys] if keys else [])
         figures.update(asyncio.run(chat_through_upgrade(Endpoint(load_config("/etc/hipchat/hipchat.yml")), users, argv)))
         last = history.read_history()[-1] if history.read_history() else {}
         figures.update(to_version=last.get("to_version"), outcome=last.get("outcome"), steps=last.get("steps"), log=last.get("log"))

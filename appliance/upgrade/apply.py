@@ -71,17 +71,18 @@ def new_log_path(kind: str = "upgrade") -> str:
     return os.path.join(LOG_DIR, f"{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.log")
 
 
-def run_installer(release_dir: str, progress: Progress, extra_vars: tuple[str, ...] = ()) -> None:
+def run_installer(release_dir: str, progress: Progress, extra_vars: tuple[str, ...] = (), check_ports: bool = True) -> None:
     """Run ``release_dir``'s own installer with the offline switch; each line goes to the log.
 
-    Raises UpgradeFailed when the installer exits non-zero (its last lines in the message).
+    Preflight checks that no other program holds the appliance's ports (its own processes, under
+    its supervisord, do) unless ``check_ports`` is false. Raises UpgradeFailed when the installer
+    exits non-zero (its last lines in the message).
     """
     installer = os.path.join(release_dir, "installer", "install.sh")
     # --offline-dir: pip with --no-index, apt from the bundle's debs/, hipchat_offline_dir for the roles.
-    # No port check: on an upgrade the ports are held by the running appliance itself (and, run
-    # in a network namespace, by whatever carries them in, which preflight cannot tell apart).
-    argv = ["bash", installer, "--offline-dir", release_dir, "-e", "chat_core_rolling_restart=true",
-            "-e", '{"preflight_ports": {}}']
+    argv = ["bash", installer, "--offline-dir", release_dir, "-e", "chat_core_rolling_restart=true"]
+    if not check_ports:
+        argv += ["-e", '{"preflight_ports": {}}']
     for var in extra_vars:
         argv += ["-e", var]
     progress.say(f"running {' '.join(argv)}")
@@ -142,8 +143,11 @@ def apply_bundle(
     progress: Progress,
     trusted_keys_dir: str | None = None,
     confirm: Callable[[str], bool] = lambda question: True,
+    check_ports: bool = True,
 ) -> dict:
     """Upgrade to ``bundle_path``; returns the history entry (outcome ``succeeded`` or ``rolled back``).
+
+    ``check_ports`` false skips preflight's port check in the install and in a rollback.
 
     Raises UpgradeRefused (nothing changed) or UpgradeFailed (what was done is in the message).
     """
@@ -201,7 +205,7 @@ def apply_bundle(
     t = time.monotonic()
     failure = None
     try:
-        run_installer(target, progress)
+        run_installer(target, progress, check_ports=check_ports)
     except UpgradeFailed as e:
         failure = str(e)
     step("install", t)
@@ -223,7 +227,7 @@ def apply_bundle(
         entry["failure"] = failure
         t = time.monotonic()
         try:
-            roll_back(chat_server, progress, schema_target=entry["schema_before"], record_history=False)
+            roll_back(chat_server, progress, schema_target=entry["schema_before"], record_history=False, check_ports=check_ports)
             entry["outcome"] = "rolled back"
         except Exception as e:  # the rollback itself failed: say so, with the backup to restore
             entry["outcome"] = "failed"

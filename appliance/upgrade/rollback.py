@@ -86,7 +86,7 @@ def reinstall_adopted(release_dir: str, chat_server, progress: Progress) -> None
 
 
 def roll_back(chat_server, progress: Progress, schema_target: str | None = None, record_history: bool = True,
-              config_path: str = "/etc/hipchat/hipchat.yml") -> dict:
+              config_path: str = "/etc/hipchat/hipchat.yml", check_ports: bool = True) -> dict:
     """Return to the ``previous`` release; returns the history entry. Raises RollbackRefused or UpgradeFailed."""
     from appliance.upgrade.apply import schema_revision
 
@@ -114,7 +114,7 @@ def roll_back(chat_server, progress: Progress, schema_target: str | None = None,
             "templates the newer installer wrote stay; re-run that version's installer to restore them"
         )
     else:
-        run_installer(previous, progress)
+        run_installer(previous, progress, check_ports=check_ports)
     releases.set_links(previous, None)
     progress.say(f"current -> {previous}; previous cleared")
     entry["schema_after"] = schema_revision(chat_server)

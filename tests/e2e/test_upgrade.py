@@ -201,7 +201,10 @@ def _back_to_this_checkout(running: str, chat_server) -> None:
 
 
 def cli_in_namespace(argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``hipchat-appliance ARGV`` inside a fresh loopback-only namespace (after checking it reaches nothing)."""
+    """Run ``hipchat-appliance ARGV`` inside a fresh loopback-only namespace (after checking it reaches nothing).
+
+    An ``upgrade apply`` there needs ``--skip-port-check``: the bridges hold the appliance's ports.
+    """
     from tests.netns import APPLIANCE_PORTS, host_port_open, loopback_only
 
     ports = [p for p in APPLIANCE_PORTS if host_port_open(p)]
@@ -266,7 +269,7 @@ def wait_indexed(chat_server, senders, domain, expected: set[str], timeout: floa
 def test_a_bundle_for_other_versions_is_refused_with_nothing_changed(kit, chat_server):
     """A bundle whose upgrades_from does not match the running version is refused; nothing changes."""
     before = appliance_state(chat_server)
-    done = cli_in_namespace(["upgrade", "apply", kit["other"], "--yes", "--trusted-keys-dir", kit["keys"]])
+    done = cli_in_namespace(["upgrade", "apply", kit["other"], "--yes", "--skip-port-check", "--trusted-keys-dir", kit["keys"]])
     assert done.returncode == 1, done.stdout + done.stderr
     assert "upgrades from >=99.0" in done.stderr and kit["running"] in done.stderr, done.stderr
     assert "nothing was changed" in done.stderr
@@ -292,7 +295,7 @@ def test_a_failing_health_check_rolls_back_with_data_intact(kit, chat_server, en
     before = appliance_state(chat_server)
 
     done = cli_in_namespace(
-        ["upgrade", "apply", kit["good"], "--yes", "--trusted-keys-dir", kit["keys"]],
+        ["upgrade", "apply", kit["good"], "--yes", "--skip-port-check", "--trusted-keys-dir", kit["keys"]],
         env={"HIPCHAT_UPGRADE_FAIL_CHECK": "rest"},
     )
     print(done.stdout[-4000:], done.stderr[-2000:])
@@ -462,7 +465,7 @@ def test_upgrade_while_clients_chat_loses_nothing(kit, chat_server, endpoint, ne
     from appliance.upgrade import history
 
     pairs = [(new_user(), new_user()) for _ in range(2)]
-    argv = ["upgrade", "apply", kit["good"], "--yes", "--trusted-keys-dir", kit["keys"]]
+    argv = ["upgrade", "apply", kit["good"], "--yes", "--skip-port-check", "--trusted-keys-dir", kit["keys"]]
     outcome = asyncio.run(asyncio.wait_for(chat_through(endpoint, pairs, argv), APPLY_TIMEOUT + 300))
     done, figures = outcome.done, outcome.figures()
     sent, acked, received = outcome.sent, outcome.acked, outcome.received
