@@ -605,24 +605,19 @@ def test_two_copies_of_a_resent_message_in_one_batch_index_only_the_newest(spool
     assert segment_numbers(spool_dir / "xmpp-0") == [1] and indexer.tails["xmpp-0"].backlog_bytes() == 0, "the dropped copy is handled, not left behind"
 
 
-def test_an_older_copy_indexed_first_is_deleted_when_the_newer_arrives(spool_dir, client):
-    write_segment(spool_dir / "xmpp-0", 1, [resent(1)])
+@pytest.mark.parametrize("older_read_first", [True, False], ids=["older copy read first", "newer copy read first"])
+def test_the_newer_copy_is_kept_whichever_spool_is_read_first(spool_dir, client, older_read_first):
+    """Read first, the older copy is indexed, then deleted when the newer arrives; read after it, never indexed."""
+    older, newer = ("xmpp-0", resent(1)), ("xmpp-1", resent(3))
     indexer = make_indexer(spool_dir, client)
-    drain(indexer)
-    write_segment(spool_dir / "xmpp-1", 1, [resent(3)])
-    drain(indexer)
+    for name, copy in (older, newer) if older_read_first else (newer, older):
+        write_segment(spool_dir / name, 1, [copy])
+        drain(indexer)
     assert list(client.documents) == [("messages-2026.11", resent(3)["id"])]
-    assert client.deletions == [("messages-2026.11", resent(1)["id"])]
-
-
-def test_an_older_copy_read_after_the_newer_is_never_indexed(spool_dir, client):
-    write_segment(spool_dir / "xmpp-1", 1, [resent(3)])
-    indexer = make_indexer(spool_dir, client)
-    drain(indexer)
-    write_segment(spool_dir / "xmpp-0", 1, [resent(1)])
-    drain(indexer)
-    assert list(client.documents) == [("messages-2026.11", resent(3)["id"])]
-    assert client.requests[-1] == [] or resent(1)["id"] not in client.requests[-1]
+    if older_read_first:
+        assert client.deletions == [("messages-2026.11", resent(1)["id"])]
+    else:
+        assert client.deletions == [] and all(resent(1)["id"] not in ids for ids in client.requests)
 
 
 def test_a_copy_indexed_before_a_restart_is_found_by_a_search(spool_dir, client):
