@@ -49,18 +49,8 @@ def _each_check(chat_server, error: Exception) -> list:
     """The checks of `collect_status` run one by one, each failure a problem of its own section."""
     from appliance.lib import status
 
-    config = chat_server.get_config()
-    checks = {
-        "processes": lambda: status.check_processes(config),
-        "opensearch": lambda: status.check_opensearch(chat_server.get_opensearch_client()),
-        "redis": lambda: status.check_redis(config.redis),
-        "mariadb": lambda: status.check_mariadb(chat_server.get_database_engine()),
-        "spool": lambda: status.check_spool(config.archive),
-        "jobs": lambda: status.check_jobs(chat_server.get_redis_primary),
-        "disk": lambda: status.check_disk(config.appliance.data_dirs),
-    }
     sections = []
-    for name, check in checks.items():
+    for name, check in status.status_checks(chat_server).items():
         try:
             sections.append(check())
         except Exception as e:

@@ -14,7 +14,7 @@ import time
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from hipchat_server.config import Config
 
@@ -381,18 +381,21 @@ def check_upgrades(history_dir: str | None = None) -> Section:
     return section
 
 
-def collect_status(chat_server) -> StatusReport:
+def status_checks(chat_server) -> dict[str, Callable[[], Section]]:
+    """Every check of the status, by section name, in the order it is shown."""
     config = chat_server.get_config()
-    return StatusReport(
-        [
-            check_processes(config),
-            check_opensearch(chat_server.get_opensearch_client()),
-            check_redis(config.redis),
-            check_mariadb(chat_server.get_database_engine()),
-            check_spool(config.archive),
-            check_jobs(chat_server.get_redis_primary),
-            check_backups(config.backup),
-            check_upgrades(),
-            check_disk(config.appliance.data_dirs),
-        ]
-    )
+    return {
+        "processes": lambda: check_processes(config),
+        "opensearch": lambda: check_opensearch(chat_server.get_opensearch_client()),
+        "redis": lambda: check_redis(config.redis),
+        "mariadb": lambda: check_mariadb(chat_server.get_database_engine()),
+        "spool": lambda: check_spool(config.archive),
+        "jobs": lambda: check_jobs(chat_server.get_redis_primary),
+        "backups": lambda: check_backups(config.backup),
+        "upgrades": check_upgrades,
+        "disk": lambda: check_disk(config.appliance.data_dirs),
+    }
+
+
+def collect_status(chat_server) -> StatusReport:
+    return StatusReport([check() for check in status_checks(chat_server).values()])
