@@ -6,7 +6,10 @@ time, expired months deleted, finished months merged into one segment per
 shard, at start and then hourly). SIGTERM lets the
 bulk request in flight finish and its positions be saved before the process
 exits; kill -9 loses nothing either, since the spool is only cut behind what
-OpenSearch acknowledged, and what is sent again keeps its document id.
+OpenSearch acknowledged, and what is sent again keeps its document id. So a
+request still hanging `STOP_GRACE_SECONDS` after SIGTERM (a cluster that is
+stopping too, retried node after node) is not waited for: the process exits,
+well within supervisor's stopwaitsecs, and a restart sends it again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,20 @@ log = logging.getLogger("hipchat.indexer")
 
 MONTHS_INTERVAL_SECONDS = 3600.0
 MONTHS_RETRY_SECONDS = 60.0  # the cluster was down at the last attempt
+STOP_GRACE_SECONDS = 15.0
+
+
+def stop_on_signal(indexer: SpoolIndexer, grace: float = STOP_GRACE_SECONDS, exit=os._exit) -> None:
+    """SIGTERM/SIGINT: ``indexer`` finishes its request in flight; if that is not done within ``grace``, exit anyway."""
+    indexer.stop()
+
+    def too_slow() -> None:
+        log.warning("a request to OpenSearch still hangs %.0f s after the stop signal; exiting without it (a restart sends it again)", grace)
+        exit(0)
+
+    timer = threading.Timer(grace, too_slow)
+    timer.daemon = True  # a prompt stop exits before it fires
+    timer.start()
 
 
 def keep_months(index: MessageIndex, retention_months: int, stopping: threading.Event) -> None:
@@ -64,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics.register(metrics.IndexingCollector(archive))
     metrics.serve(config.metrics.indexer_port)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: indexer.stop())
+        signal.signal(signum, lambda *_: stop_on_signal(indexer))
     threading.Thread(
         target=keep_months, args=(months, archive.retention_months, indexer.stopping), name="month-indices", daemon=True
     ).start()

@@ -134,7 +134,7 @@ class MessageIndex:
                 ]}},
             },
             allow_no_indices=True,
-            request_timeout=ADMIN_TIMEOUT_SECONDS,
+            request_timeout=BULK_TIMEOUT_SECONDS,  # part of indexing: no longer than the bulk request it precedes
         )
         return [dict(hit["_source"], index=hit["_index"]) for hit in response["hits"]["hits"]]
 
