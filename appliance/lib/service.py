@@ -27,7 +27,10 @@ def start_appliance(console: Console, config_path: str | None = None, timeout: f
 
     try:
         rpc().getPID()
-        console.print("supervisord is already running.")
+        # Programs stopped by hand (`supervisorctl stop`, a restore's wipe) stay stopped in a running
+        # supervisord; `start` means every process, so they are started (in priority order).
+        console.print("supervisord is already running; starting any of its programs that are stopped.")
+        rpc().startAllProcesses(False)
     except OSError:
         console.print("Starting supervisord...")
         subprocess.run([SUPERVISORD, "-c", config.appliance.supervisor_config], check=True)

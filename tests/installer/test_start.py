@@ -34,6 +34,19 @@ def test_start_brings_every_process_back_after_supervisord_stopped():
     wait_for(lambda: run_appliance_cli("status").returncode == 0, timeout=180, what="status healthy after start")
 
 
+def test_start_starts_programs_stopped_while_supervisord_runs():
+    """Programs stopped by hand (or by a restore's wipe) in a running supervisord are started by `start`."""
+    from tests.conftest import program_pid
+
+    stopped = ("chat-core:worker-1", "metrics-exporter")
+    supervisorctl("stop", *stopped, check=True)
+    assert not any(program_pid(p) for p in stopped)
+    result = run_appliance_cli("start", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "already running" in result.stdout and "appliance processes are running" in result.stdout
+    assert all(program_pid(p) for p in stopped)
+
+
 def test_start_on_a_running_appliance_changes_nothing():
     """`start` on a running appliance says so and leaves every process as it was."""
     before = supervisorctl("pid", "all").stdout
