@@ -30,7 +30,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import VENV_DIR, run_appliance_cli
+from tests.conftest import VENV_DIR, run_appliance_cli, wait_for
 from tests.e2e.xmpp_client import PASSWORD, Endpoint, login
 
 BASE = "https://127.0.0.1"
@@ -280,7 +280,8 @@ def test_created_user_logs_in_and_deactivating_closes_the_session(admin_page, br
     try:
         assert session.ok, "the new user could not log in"
         streams = 1 + (web_client is not None)
-        assert len(bound_resources(config, username)) == streams
+        # The session directory is written just after the bind is answered (in order, off the reactor).
+        wait_for(lambda: len(bound_resources(config, username)) == streams, 10, what=f"{streams} sessions in the directory")
         page.goto(f"{BASE}/admin/users/{username}")
         page.screenshot(path=os.path.join(screenshots, "user.png"), full_page=True)
         started = time.monotonic()
