@@ -85,10 +85,6 @@ class FreshHost:
         subprocess.run(["nsenter", f"--target={self.pid}", "--mount", "--", "cp", "-a", path, f"{self.root}{inside}"], check=True)
         return inside
 
-    def run_network_only(self, argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-        """``argv`` from this host's filesystem (its Python, its test libraries) in the fresh host's network only."""
-        return self.network.run(argv, timeout=timeout)
-
 
 def _holder_script(scratch: str) -> str:
     hide = []
