@@ -223,6 +223,13 @@ def test_a_guest_stays_in_its_room_and_the_flag_off_refuses_the_link_and_ends_th
         finally:
             guest_flag.set(feature_flags.GUEST_ACCESS, "on")
             await stream.abort()
+            # The HTTPS process may hold "off" for its cache's age; the next test needs the link served again.
+            deadline = time.monotonic() + 2 * feature_flags.CACHE_SECONDS + 1
+            while time.monotonic() < deadline:
+                served = await asyncio.to_thread(requests.get, f"{BASE_URL}{path}", verify=False, timeout=30)
+                if served.status_code == 200:
+                    break
+                await asyncio.sleep(0.5)
 
     # On a thread of its own: the module's Playwright keeps an event loop running on this one.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
