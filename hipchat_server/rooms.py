@@ -104,6 +104,7 @@ class RoomService:
         """Take every stanza to the rooms service, the end of every session, and other front ends' room deliveries."""
         router.register_domain_handler(self.service, self.stanza_from_client)
         router.on_session_ended(self.session_ended)
+        router.on_session_moved(self.session_moved)
         router.on_published(MUC_DELIVER, self.fanout.published)
 
     def register_iq_handler(self, namespace: str, name: str, handler) -> None:
@@ -515,6 +516,14 @@ class RoomService:
             departures = yield self.run_blocking(self.occupants.leave, room, [full])
             yield self.announce_departures(room, departures)
         yield self.run_blocking(self.occupants.forget_session, full, self.frontend)
+
+    def session_moved(self, connection, frontend: str) -> defer.Deferred:
+        """A session moved to ``frontend`` (XEP-0198): its occupant entries name it, so room stanzas go there.
+
+        At once, not when a room stanza finds it gone: this front end may restart
+        first, and would then take every entry that still names it out of its room.
+        """
+        return self.run_blocking(self.occupants.move_session, connection.jid.full(), frontend)
 
     def clear_frontend_occupants(self) -> int:
         """Blocking, at start: take this front end's sessions from before a crash out of their rooms; return how many.

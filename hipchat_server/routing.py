@@ -123,6 +123,7 @@ class ClusterRouter(EchoLessRouter):
         }
         self._domain_handlers: dict[str, Callable[..., "defer.Deferred | None"]] = {}
         self._session_end_handlers: list[Callable[..., "defer.Deferred | None"]] = []
+        self._session_move_handlers: list[Callable[..., "defer.Deferred | None"]] = []
         self._awaiting_confirmation: dict[str, defer.Deferred] = {}
         self._confirmation_ids = itertools.count(1)
         self._confirmation_deadlines: deque[tuple[float, str]] = deque()
@@ -161,6 +162,20 @@ class ClusterRouter(EchoLessRouter):
     def on_session_ended(self, handler: Callable[..., "defer.Deferred | None"]) -> None:
         """Run ``handler(connection)`` when a bound session ends, before it leaves the session directory."""
         self._session_end_handlers.append(handler)
+
+    def on_session_moved(self, handler: Callable[..., "defer.Deferred | None"]) -> None:
+        """Run ``handler(connection, frontend)`` when a session of this front end moved to ``frontend`` (XEP-0198)."""
+        self._session_move_handlers.append(handler)
+
+    def session_moved(self, connection, frontend: str) -> defer.Deferred:
+        """``connection``'s session lives on ``frontend`` now; fires once every handler followed it there."""
+        moves = [defer.maybeDeferred(handler, connection, frontend) for handler in self._session_move_handlers]
+        return defer.gatherResults(moves, consumeErrors=True)
+
+    def frontends_of_user(self, username: str) -> defer.Deferred:
+        """The front ends holding a bound session of ``username`` (the session directory)."""
+        d = self.run_blocking(self.directory.resources, f"{username}@{self.domain.domainpart}")
+        return d.addCallback(lambda resources: sorted(set(resources.values())))
 
     def on_published(self, kind: str, handler: Callable[[dict], None]) -> None:
         """Run ``handler(payload)`` (on the reactor thread) for each ``kind`` item published to this front end."""

@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 
-from twisted.internet import reactor, threads
+from twisted.internet import defer, reactor, threads
 from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -154,12 +154,16 @@ def open_session_directory(chat_server: ChatServer) -> SessionDirectory:
     return directory
 
 
-def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirectory) -> tuple[ClientFactory, ClientFactory]:
+def start_frontend(
+    chat_server: ChatServer, tls_options, directory: SessionDirectory, listening_ports: list | None = None
+) -> tuple[ClientFactory, ClientFactory]:
     """Build the client factories and start what every front end runs (the XMPP processes and the HTTPS one).
 
-    Listens for the stanzas other front ends publish for this one's sessions,
-    and on stop tells each client why its stream ends, so it reconnects (to
-    another front end).
+    Listens for the stanzas other front ends publish for this one's sessions.
+    On stop it closes ``listening_ports`` (filled in by the caller once it
+    listens), hands each resumable session to a running front end so its client
+    resumes there (XEP-0198), and tells every other client why its stream ends,
+    so it reconnects (to another front end).
     """
     starttls, direct = build_factories(chat_server, tls_options, directory, start_redis_thread_pool())
     starttls.router.publisher.start()
@@ -171,13 +175,30 @@ def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirec
     sessions, router = starttls.sessions, starttls.router
     router.on_published(users_admin.END_SESSION, users_admin.end_session_handler(sessions))  # a deactivated account's streams
 
-    def stopping():
-        # In this order, so no message dies with the process: first stop taking what other front ends
-        # publish (from then on they keep such messages offline themselves), then end every session
-        # (each hands its unacknowledged messages to the router), then wait for those to be re-routed.
+    def hand_over_sessions() -> defer.Deferred:
+        # New connections must reach the other front ends, or a client would resume here, on its way out.
+        for port in listening_ports or ():
+            port.stopListening()
+        starttls.resumable.stop_adopting()  # now, before asking who runs: the others may be stopping too
+        d = router.run_blocking(directory.running_frontends)
+        d.addCallback(lambda peers: starttls.resumable.hand_over_all(peers_in_order(router.frontend_id, peers)))
+        d.addCallback(lambda taken: log.info("handed %d resumable sessions to the other front ends", taken))
+        d.addErrback(lambda f: log.warning("handing sessions over failed; they end instead: %s", f.getErrorMessage()))
+        return d
+
+    def stop_listener(_) -> defer.Deferred:
         d = listener.stop()
         d.addTimeout(LISTENER_STOP_SECONDS, reactor)
         d.addErrback(lambda f: log.warning("the delivery listener did not stop in time: %s", f.getErrorMessage()))
+        return d
+
+    def stopping():
+        # In this order, so no message dies with the process: first hand resumable sessions over (this
+        # front end still forwards what reaches them here), then stop taking what other front ends publish
+        # (from then on they keep such messages offline themselves), then end every other session (each
+        # hands its unacknowledged messages to the router), then wait for those to be re-routed.
+        d = hand_over_sessions()
+        d.addCallback(stop_listener)
         d.addCallback(lambda _: [connection.system_shutdown() for connection in sessions.connections()])
         d.addCallback(lambda _: router.drain(SHUTDOWN_DRAIN_SECONDS))
         return d
@@ -185,6 +206,22 @@ def start_frontend(chat_server: ChatServer, tls_options, directory: SessionDirec
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
     LoopingCall(ActivityReport(sessions, (starttls, direct), router.frontend_id)).start(ACTIVITY_REPORT_SECONDS, now=False)
     return starttls, direct
+
+
+def peers_in_order(own: str, peers: list[str]) -> list[str]:
+    """The front ends to offer sessions to: XMPP front ends (``host:xmpp-N``) before the HTTPS one, own host first.
+
+    A client of an XMPP port reconnects to one of those; the HTTPS process would
+    hand its session on again when the client resumes elsewhere.
+    """
+    host, _, name = own.rpartition(":")
+    kind = name.rsplit("-", 1)[0]
+
+    def rank(peer: str) -> tuple:
+        peer_host, _, peer_name = peer.rpartition(":")
+        return (peer_name.rsplit("-", 1)[0] != kind, peer_host != host, peer)
+
+    return sorted((p for p in peers if p != own), key=rank)
 
 
 class ActivityReport:
@@ -222,12 +259,13 @@ def wait_for_session_directory(chat_server: ChatServer) -> SessionDirectory | No
             time.sleep(1.0)
 
 
-def listen(address: str, port: int, factory, throttle: LoginThrottle) -> None:
-    """Serve ``factory`` on a SO_REUSEPORT socket shared with the other front ends, under the login throttle."""
+def listen(address: str, port: int, factory, throttle: LoginThrottle):
+    """Serve ``factory`` on a SO_REUSEPORT socket shared with the other front ends, under the login throttle; the port."""
     sock = reuse_port_socket(address, port)
     listening = reactor.adoptStreamPort(sock.fileno(), sock.family, throttle.wrap(factory))
     sock.close()  # the reactor holds its own duplicate of the descriptor
     throttle.watch(listening)
+    return listening
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,12 +281,13 @@ def main(argv: list[str] | None = None) -> int:
         if directory is None:
             print(f"hipchat-xmpp: Redis did not answer for {REDIS_START_WAIT_SECONDS:.0f} s; is redis-primary running?", file=sys.stderr)
             return 1
-        starttls, direct = start_frontend(chat_server, tls_options, directory)
+        listening: list = []
+        starttls, direct = start_frontend(chat_server, tls_options, directory, listening)
         metrics.register(metrics.ConnectionsCollector(starttls.sessions, (starttls, direct)))
         metrics.serve(config.metrics.xmpp_base_port + metrics.process_number())
         throttle = LoginThrottle(MAX_LOGINS_IN_PROGRESS)
-        listen(xmpp.bind_address, xmpp.c2s_port, starttls, throttle)
-        listen(xmpp.bind_address, xmpp.c2s_tls_port, TLSMemoryBIOFactory(tls_options, False, direct), throttle)
+        listening.append(listen(xmpp.bind_address, xmpp.c2s_port, starttls, throttle))
+        listening.append(listen(xmpp.bind_address, xmpp.c2s_tls_port, TLSMemoryBIOFactory(tls_options, False, direct), throttle))
     except OSError as e:
         print(f"hipchat-xmpp: cannot start: {e}", file=sys.stderr)
         return 1

@@ -667,6 +667,15 @@ class OccupantStore:
         """The rooms session ``full`` is in, with its nickname in each."""
         return {_text(room): _text(nick) for room, nick in self.redis.hgetall(JOINED_KEY.format(full=full)).items()}
 
+    def move_session(self, full: str, frontend: str) -> int:
+        """Session ``full`` lives on ``frontend`` now (XEP-0198): point its entry in each of its rooms there; return how many."""
+        moved = 0
+        for room in self.rooms_of(full):
+            entry = self.occupant(room, full)
+            if entry is not None and entry.frontend != frontend:
+                moved += len(self.update(room, [replace(entry, frontend=frontend)]))
+        return moved
+
     def forget_session(self, full: str, frontend: str) -> None:
         """Drop a session from its front end's list once it has left every room (`leave` emptied its joined hash)."""
         self.redis.srem(FRONTEND_KEY.format(frontend=frontend), full)

@@ -84,6 +84,12 @@ class SessionDirectory:
             self._forget_session(bare, resource)
         self.redis.srem(FRONTEND_KEY.format(frontend=self.frontend_id), f"{bare}/{resource}")
 
+    def running_frontends(self) -> list[str]:
+        """The other front ends running now: those listening on their delivery channel."""
+        prefix = DELIVERY_CHANNEL.format(frontend="")
+        channels = (_decode(c) for c in self.redis.pubsub_channels(DELIVERY_CHANNEL.format(frontend="*")))
+        return sorted(c[len(prefix) :] for c in channels if c.startswith(prefix) and c != self.channel)
+
     def resources(self, bare: str) -> dict[str, str]:
         """Each bound resource of ``bare`` and the front end holding it."""
         entries = self.redis.hgetall(SESSIONS_KEY.format(bare=bare))

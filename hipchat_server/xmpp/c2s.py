@@ -117,6 +117,7 @@ class ClientConnection(XmppStreamProtocol):
         self._hibernation = self._ack_call = self._forget_call = None
         self._ack_requested = self._lent = self._clean_close = False
         self._successor: Callable | None = None  # after the session moved: where deliveries go
+        self._handover_mark: int | None = None  # at shutdown, while offered to a peer: stanzas queued before
         self._held_elements: list[domish.Element] | None = None  # received while a resumption is under way
 
     @property
@@ -128,6 +129,12 @@ class ClientConnection(XmppStreamProtocol):
     def hibernating(self) -> bool:
         """The connection is lost but its session waits for the client to resume it."""
         return self._hibernation is not None
+
+    @property
+    def may_hand_over(self) -> bool:
+        """A bound, resumable session still served here (not ended, moved or being moved)."""
+        resumable = self.sm is not None and self.sm.resumable
+        return self.jid is not None and resumable and not (self._session_over or self._lent or self._successor is not None)
 
     # Actions for the router.
     def deliver(self, stanza: domish.Element | str) -> None:
@@ -200,6 +207,49 @@ class ClientConnection(XmppStreamProtocol):
             self._drop_transport()
         return self.sm.settled(self.clock, sm.SETTLE_TIMEOUT)
 
+    def pause_for_handover(self) -> defer.Deferred:
+        """At shutdown: stop reading from the client, keep the connection; fires once its stanzas settled.
+
+        What the client sends from now on is not read; it resends it after
+        resuming, since the ``h`` it is told does not count it.
+        """
+        self._lent = True
+        self._handover_mark = len(self.sm.unacked)
+        self._stop_hibernating()
+        if not self._gone:
+            self.transport.pauseProducing()
+        return self.sm.settled(self.clock, sm.SETTLE_TIMEOUT)
+
+    def handover_failed(self) -> None:
+        """No peer took the session: serve it here again (the stanzas queued meanwhile are sent now)."""
+        self._lent = False
+        queued_meanwhile = list(self.sm.unacked)[self._handover_mark or 0 :]
+        self._handover_mark = None
+        if self._gone:
+            if not self._session_over and self._successor is None:
+                self._hibernate()
+            return
+        self.transport.resumeProducing()
+        for text in queued_meanwhile:
+            self.send(text)
+
+    def drop_connection(self) -> None:
+        """Close the connection without ``</stream>`` or a stream error: the client resumes the session elsewhere."""
+        self._handover_mark = None
+        if not self._gone:
+            self._drop_transport()
+
+    def adopt(self, jid: JID, username: str, state: StreamState, holder: str) -> None:
+        """Become a session handed over by stopping front end ``holder``: no connection, hibernating."""
+        self.username, self.jid, self.sm = username, jid, state
+        self._gone = self._closed = True  # no transport until the client resumes the session on a new stream
+        self.peer_host = f"front end {holder}"
+        self._cancel_timeout()
+        self.factory.sessions.add(self)
+        self.factory.resumable.add(self)
+        self.factory.router.session_started(self)
+        self._hibernate()
+
     def lend_cancelled(self) -> None:
         """The handover did not happen: hibernate again (for a whole resume timeout)."""
         self._lent = False
@@ -261,7 +311,14 @@ class ClientConnection(XmppStreamProtocol):
         else:
             self._end_session()
 
+    @property
+    def handing_over(self) -> bool:
+        """Offered to a peer at shutdown: what the client sends now is not read (it resends it after resuming)."""
+        return self._handover_mark is not None
+
     def dataReceived(self, data: bytes) -> None:
+        if self.handing_over:
+            return
         if self._held is None:
             return super().dataReceived(data)
         self._held.append(data)  # replayed once the SASL step answered
@@ -620,6 +677,20 @@ class ClientFactory(protocol.ServerFactory):
             if resumable is None:
                 resumable = _RESUMABLE[self.sessions] = ResumableSessions(router, clock)
         self.resumable = resumable
+        if resumable.adopt is None:
+            resumable.adopt = self.adopt_hibernating
 
     def buildProtocol(self, addr) -> ClientConnection:
         return ClientConnection(self)
+
+    def adopt_hibernating(self, state: dict) -> ClientConnection | None:
+        """A session a stopping front end handed over (`ResumableSessions.hand_over_all`), hibernating here.
+
+        None when its resource is bound here already: that newer session keeps it.
+        """
+        jid = parse_jid(state["jid"])
+        if jid.resourcepart is None or self.sessions.get(jid) is not None:
+            return None
+        connection = ClientConnection(self)
+        connection.adopt(jid, state["user"], StreamState.from_snapshot(state), state["holder"])
+        return connection

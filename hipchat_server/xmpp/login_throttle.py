@@ -101,4 +101,5 @@ class LoginThrottle:
             self.paused = False
             self.log.info("{n} logins in progress: accepting again", n=self.negotiating)
             for port in self.ports:
-                port.startReading()
+                if getattr(port, "connected", True):  # not one closed since (a front end stopping)
+                    port.startReading()

@@ -27,6 +27,17 @@ elsewhere. The handover, over `router.publish_to_frontend`:
    has registered the session; the holder forwards (``sm.forward``) what was
    queued after its reply and anything delivered to it later. Declined (the
    new front end gave up waiting after 5 s), the session hibernates again.
+
+A front end that stops hands its resumable sessions over the same way before
+it exits (`hand_over_all`): it stops reading from each client, waits for the
+client's stanzas to become durable, and offers the session to a live peer
+(``sm.hibernate``). The peer adopts it as a hibernating session and answers
+``sm.taken``; only then is the client's connection dropped, without a stream
+error, so the client resumes on the peer instead of binding anew. The holder
+of a moved session is the one its client finds: a front end asked to resume a
+session it neither holds nor can trace (its origin restarted, or is down)
+asks the front ends holding that user's other sessions in the session
+directory.
 """
 
 from __future__ import annotations
@@ -59,11 +70,13 @@ SETTLE_TIMEOUT = 3.0
 LEND_TIMEOUT = 15.0
 #: How long a session that moved away still forwards what stale routes deliver to it.
 MOVED_GRACE = 60.0
+#: How long a stopping front end waits for peers to take its sessions before it ends the rest.
+SHUTDOWN_HANDOVER_TIMEOUT = 5.0
 
 _URLSAFE_B64 = re.compile(r"[A-Za-z0-9_-]+")
 
 # Message kinds between front ends.
-RESUME, STATE, REFUSED, TAKEN, DECLINED, FORWARD, MOVED, ENDED = (
+RESUME, STATE, REFUSED, TAKEN, DECLINED, FORWARD, MOVED, ENDED, HIBERNATE = (
     "sm.resume",
     "sm.state",
     "sm.refused",
@@ -72,6 +85,7 @@ RESUME, STATE, REFUSED, TAKEN, DECLINED, FORWARD, MOVED, ENDED = (
     "sm.forward",
     "sm.moved",
     "sm.ended",
+    "sm.hibernate",
 )
 
 
@@ -268,6 +282,17 @@ class StreamState:
         return state
 
 
+class _ResumeRequest:
+    """A resumption this front end asked other front ends for: the waiting stream, who was asked, who may still answer."""
+
+    def __init__(self, stream: "ClientConnection", timer, payload: dict):
+        self.stream, self.timer, self.payload = stream, timer, payload
+        self.id: str = payload["request"]
+        self.asking: set[str] = set()  # asked, no answer yet
+        self.asked: set[str] = set()  # asked at all
+        self.searched = False  # the session directory was consulted
+
+
 class ResumableSessions:
     """The resumable sessions of one front-end process, and the handover of sessions between front ends.
 
@@ -282,14 +307,16 @@ class ResumableSessions:
         self.router, self.clock = router, clock
         self.frontend_id: str = getattr(router, "frontend_id", None) or "local"
         self._clustered = hasattr(router, "publish_to_frontend") and hasattr(router, "on_published")
+        #: Builds a hibernating session from a stopping front end's ``sm.hibernate`` (set by the first `ClientFactory`).
+        self.adopt: Callable[[dict], "ClientConnection | None"] | None = None
         self._by_id: dict[str, ClientConnection] = {}
         self._elsewhere: dict[str, str] = {}  # on the origin: sessions it created that now live on another front end
-        self._waiting: dict[str, tuple[ClientConnection, object]] = (
-            {}
-        )  # our resume requests: request id -> (stream, timer)
+        self._waiting: dict[str, _ResumeRequest] = {}  # our resume requests, by request id
         self._lent: dict[str, tuple[ClientConnection, int, object]] = (
             {}
         )  # session id -> (session, queued at reply, timer)
+        self._handing: dict[str, defer.Deferred] = {}  # at shutdown: session id -> fires True once a peer took it
+        self._stopping = False  # this front end hands its sessions over: it adopts none
         self._forwarding: dict[str, defer.Deferred] = {}  # per moved session: publishes, one after another
         if self._clustered:
             for kind, handler in (
@@ -301,6 +328,7 @@ class ResumableSessions:
                 (FORWARD, self._on_forward),
                 (MOVED, self._on_moved),
                 (ENDED, self._on_ended),
+                (HIBERNATE, self._on_hibernate),
             ):
                 router.on_published(kind, self._guarded(handler))
 
@@ -347,15 +375,59 @@ class ResumableSessions:
             self._release_local(local, stream, h)
             return
         origin = origin_of(sm_id)
-        if not self._clustered or origin is None or (origin == self.frontend_id and sm_id not in self._elsewhere):
+        if not self._clustered or origin is None:
             return stream.resume_failed("item-not-found")
-        holder = self._elsewhere.get(sm_id, origin)
         request_id = secrets.token_hex(8)
         timer = self.clock.callLater(HANDOVER_TIMEOUT, self._gave_up, request_id)
-        self._waiting[request_id] = (stream, timer)
-        payload = {"id": sm_id, "user": stream.username, "h": h, "from": self.frontend_id, "request": request_id}
-        d = self._publish(holder, RESUME, payload)
-        d.addCallback(lambda receivers: receivers or self._gave_up(request_id))
+        request = _ResumeRequest(stream, timer, {"id": sm_id, "user": stream.username, "h": h, "from": self.frontend_id, "request": request_id})
+        self._waiting[request_id] = request
+        holder = self._elsewhere.get(sm_id) or (origin if origin != self.frontend_id else None)
+        if holder is None:  # created here, and where it went was forgotten (this front end restarted since)
+            self._search(request)
+        else:
+            self._ask(request, [holder])
+
+    def _ask(self, request: "_ResumeRequest", frontends) -> None:
+        """Ask each of ``frontends`` for the session; each answers with it or refuses (directly or via the origin)."""
+        for frontend in frontends:
+            request.asking.add(frontend)
+            request.asked.add(frontend)
+            d = self._publish(frontend, RESUME, dict(request.payload, to=frontend))
+            d.addCallback(lambda receivers, f=frontend: receivers or self._no_session_at(request.id, f))
+
+    def _no_session_at(self, request_id: str, frontend: str | None) -> None:
+        """``frontend`` does not hold the session (or is not running); once none asked does, search, then give up."""
+        request = self._waiting.get(request_id)
+        if request is None:
+            return
+        if frontend is None:  # a refusal from a front end of an older release names no one
+            request.asking.clear()
+        request.asking.discard(frontend)
+        if request.asking:
+            return
+        if request.searched:
+            self._gave_up(request_id)
+        else:
+            self._search(request)
+
+    def _search(self, request: "_ResumeRequest") -> None:
+        """Ask the front ends that hold the user's other sessions (the session directory), but not this one."""
+        request.searched = True
+        lookup = getattr(self.router, "frontends_of_user", None)
+        if lookup is None:
+            return self._gave_up(request.id)
+
+        def ask(frontends) -> None:
+            candidates = sorted(set(frontends) - request.asked - {self.frontend_id})
+            if request.id not in self._waiting:
+                return
+            if not candidates:
+                return self._gave_up(request.id)
+            self._ask(request, candidates)
+
+        d = defer.maybeDeferred(lookup, request.stream.username)
+        d.addCallback(ask)
+        d.addErrback(lambda f: (self.log.failure("looking up where session {id} is failed", f, id=request.payload["id"]), self._gave_up(request.id)))
 
     def _release_local(self, old: "ClientConnection", stream: "ClientConnection", h: int) -> None:
         """Move a session of this process to a new stream of this process."""
@@ -378,17 +450,16 @@ class ResumableSessions:
         d.addCallback(release)
 
     def _gave_up(self, request_id: str) -> None:
-        waiting = self._waiting.pop(request_id, None)
-        if waiting is not None:
-            stream, timer = waiting
-            if timer.active():
-                timer.cancel()
-            stream.resume_failed("item-not-found")
+        request = self._waiting.pop(request_id, None)
+        if request is not None:
+            if request.timer.active():
+                request.timer.cancel()
+            request.stream.resume_failed("item-not-found")
 
     # The holder's side.
     def _on_resume(self, payload: dict) -> None:
         sm_id, requester = payload["id"], payload["from"]
-        refuse = {"request": payload["request"]}
+        refuse = {"request": payload["request"], "to": payload.get("to")}  # on behalf of the front end asked
         if sm_id in self._elsewhere:  # we are the origin; relay to the current holder
             target = self._elsewhere[sm_id]
             if target != requester:
@@ -439,8 +510,22 @@ class ResumableSessions:
         if self._by_id.get(sm_id) is session:
             del self._by_id[sm_id]
         self._record_move(sm_id, new_holder)
+        rooms_follow = self._tell_router_moved(session, new_holder)
+        handing = self._handing.pop(sm_id, None)
+        if handing is not None:  # handed over at shutdown: only now may its client reconnect, to the peer
+            session.drop_connection()
+            rooms_follow.addBoth(lambda _: handing.callback(True))
+
+    def _tell_router_moved(self, session: "ClientConnection", new_holder: str) -> defer.Deferred:
+        """The router moves what names this front end as the session's home (room occupancy) to ``new_holder``."""
+        moved = getattr(self.router, "session_moved", None)
+        d = defer.maybeDeferred(moved, session, new_holder) if moved is not None else defer.succeed(None)
+        d.addErrback(lambda f: self.log.failure("moving {jid}'s rooms to {to} failed", f, jid=session.jid, to=new_holder))
+        return d
 
     def _on_declined(self, payload: dict) -> None:
+        if payload["id"] in self._handing:
+            return self._handover_failed(payload["id"])
         lent = self._lent.pop(payload["id"], None)
         if lent is not None:
             session, _, timer = lent
@@ -459,6 +544,70 @@ class ResumableSessions:
         elif origin:
             self._publish(origin, MOVED, {"id": sm_id, "to": new_holder})
 
+    # Handing every session over when this front end stops.
+    def stop_adopting(self) -> None:
+        """This front end is stopping: it declines the sessions others hand over (it could only end them)."""
+        self._stopping = True
+
+    def hand_over_all(self, peers: list[str]) -> defer.Deferred:
+        """Offer each resumable session here to a running front end of ``peers``; fires with how many were taken.
+
+        A session a peer took hibernates there and its client's connection is
+        dropped, so the client resumes on the peer. A session none took is
+        served here again, for the shutdown to end as before. Waits at most
+        `SHUTDOWN_HANDOVER_TIMEOUT`.
+        """
+        self.stop_adopting()
+        sessions = [s for s in list(self._by_id.values()) if s.may_hand_over and s.sm.id not in self._lent]
+        d = defer.gatherResults([self._hand_over(session, list(peers)) for session in sessions])
+        return d.addCallback(sum)
+
+    def _hand_over(self, session: "ClientConnection", peers: list[str]) -> defer.Deferred:
+        sm_id = session.sm.id
+        done = self._handing[sm_id] = defer.Deferred()
+        timer = self.clock.callLater(SHUTDOWN_HANDOVER_TIMEOUT, self._handover_failed, sm_id)
+        self._lent[sm_id] = (session, 0, timer)
+
+        def offer(_) -> None:
+            if sm_id not in self._handing:
+                return  # timed out while the client's stanzas settled
+            self._lent[sm_id] = (session, len(session.sm.unacked), timer)
+            state = dict(session.sm.snapshot(), jid=session.jid.full(), user=session.username, holder=self.frontend_id)
+            self._offer(sm_id, state, peers)
+
+        session.pause_for_handover().addCallback(offer)
+        return done
+
+    def _offer(self, sm_id: str, state: dict, peers: list[str]) -> None:
+        """Publish the session to the first of ``peers`` that is running; fail the handover when none is."""
+        if sm_id not in self._handing:
+            return
+        if not peers:
+            return self._handover_failed(sm_id)
+        d = self._publish(peers[0], HIBERNATE, state)
+        d.addCallback(lambda receivers: receivers or self._offer(sm_id, state, peers[1:]))
+
+    def _handover_failed(self, sm_id: str) -> None:
+        # A peer that took the session after this gave up keeps a copy that only its client's resumption
+        # would use: its stanzas may then arrive twice, never zero times (this front end re-routes them).
+        lent, done = self._lent.pop(sm_id, None), self._handing.pop(sm_id, None)
+        if lent is not None:
+            session, _, timer = lent
+            if timer is not None and timer.active():
+                timer.cancel()
+            session.handover_failed()
+        if done is not None:
+            done.callback(False)
+
+    def _on_hibernate(self, payload: dict) -> None:
+        """A stopping front end hands a session over: it hibernates here until its client resumes it."""
+        # A front end stopping too (all restarted at once) would only end the session later, unannounced.
+        adopted = self.adopt(payload) if self.adopt is not None and not self._stopping else None
+        if adopted is not None:
+            self._elsewhere.pop(payload["id"], None)
+        reply = {"id": payload["id"], "from": self.frontend_id}
+        self._publish(payload["holder"], TAKEN if adopted is not None else DECLINED, reply)
+
     # The origin's forwarding entries.
     def _on_moved(self, payload: dict) -> None:
         if payload["to"] == self.frontend_id:
@@ -471,14 +620,14 @@ class ResumableSessions:
 
     # The new front end's side.
     def _on_state(self, payload: dict) -> None:
-        waiting = self._waiting.pop(payload["request"], None)
+        request = self._waiting.pop(payload["request"], None)
         reply = {"id": payload["id"], "from": self.frontend_id}
-        if waiting is None or waiting[0].gone:
+        if request is None or request.stream.gone:
             self._publish(payload["holder"], DECLINED, reply)
             return
-        stream, timer = waiting
-        if timer.active():
-            timer.cancel()
+        stream = request.stream
+        if request.timer.active():
+            request.timer.cancel()
         jid = parse_jid(payload["jid"])
         if jid.localpart != stream.username:
             self._publish(payload["holder"], DECLINED, reply)
@@ -488,7 +637,7 @@ class ResumableSessions:
         self._publish(payload["holder"], TAKEN, reply)
 
     def _on_refused(self, payload: dict) -> None:
-        self._gave_up(payload["request"])
+        self._no_session_at(payload["request"], payload.get("to"))
 
     def _on_forward(self, payload: dict) -> None:
         session = self._by_id.get(payload["id"])

@@ -291,6 +291,11 @@ class WebSocketClientConnection(ClientConnection, FramedXmlStream):
         self._queued: list[bytes] | None = None  # messages read while a SASL step runs
         self._release_call = None
 
+    @property
+    def may_hand_over(self) -> bool:
+        # A guest's session keeps to its room only on this stream (GuestStream): it is not handed over.
+        return super().may_hand_over and self.guest is None
+
     def _authenticating(self, element: domish.Element) -> None:
         if self._sasl is None and (self.login_allowed is not None or self.guests is not None):
             # The stream's SASL session, made here instead of by c2s, so that its Success passes the gate
@@ -326,6 +331,8 @@ class WebSocketClientConnection(ClientConnection, FramedXmlStream):
         return super().deliver(stanza)
 
     def message_received(self, payload: bytes) -> None:
+        if self.handing_over:
+            return  # as on the TCP ports: not counted, so the client resends it where it resumes
         if self._queued is not None and not self._ended:
             self._queued.append(payload)
             if sum(map(len, self._queued)) > self.limits.max_stanza_size_unauthenticated:

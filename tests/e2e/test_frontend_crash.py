@@ -162,11 +162,14 @@ def test_messages_for_a_killed_recipient_front_end_are_stored_and_delivered_at_n
 
 
 def test_a_restarted_recipient_front_end_keeps_what_its_clients_did_not_acknowledge(config, endpoint, new_user):
-    """A graceful restart (supervisor's SIGTERM) ends each session first: messages its client never acknowledged are stored offline."""
+    """A graceful restart (supervisor's SIGTERM) ends each session that cannot be resumed first: messages its
+    client never acknowledged are stored offline."""
     recipient, sender_name = new_user(), new_user()
 
     async def scenario():
-        receiver = await login_on(config, endpoint, recipient, VICTIM, plugins=("xep_0198",))
+        receiver = await login_on(
+            config, endpoint, recipient, VICTIM, plugins=("xep_0198",), plugin_config={"xep_0198": {"allow_resume": False}}
+        )
         receiver.plugin["xep_0198"].send_ack = lambda: None  # a phone that read the messages, then lost its network
         sender = await login_on(config, endpoint, sender_name, SURVIVOR, plugins=("xep_0198",))
         stream = Sender(sender, f"{recipient}@{endpoint.domain}")
@@ -195,3 +198,74 @@ async def wait_async(predicate, what: str, timeout: float = TIMEOUT) -> None:
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
+
+
+def test_a_restarted_front_end_hands_its_sessions_over_and_their_clients_resume(config, chat_server, endpoint, new_user):
+    """A graceful restart hands each resumable session to the other front end: the client's connection drops
+    without a stream error, it resumes (XEP-0198) instead of binding anew, gets every message sent meanwhile,
+    and is still in its room after the restarted front end cleared what it held before."""
+    from slixmpp import JID
+
+    from hipchat_server.storage.rooms import OccupantStore
+    from tests.e2e.test_message_path_faults import join_room
+
+    recipient, sender_name = new_user(), new_user()
+    room = f"handover-{uuid.uuid4().hex[:8]}@conference.{endpoint.domain}"
+
+    async def scenario():
+        receiver = await login_on(config, endpoint, recipient, VICTIM, plugins=("xep_0198", "xep_0045"))
+        sender = await login_on(config, endpoint, sender_name, SURVIVOR, plugins=("xep_0198", "xep_0045"))
+        starts: list[float] = []
+        receiver.add_event_handler("session_start", lambda _: starts.append(time.monotonic()))
+        sm_id = receiver.plugin["xep_0198"].sm_id
+        stream = Sender(sender, receiver.boundjid.full)
+        try:
+            await join_room(sender, room, "sender")
+            await join_room(receiver, room, "receiver")
+            await stream.send_for(0.5)
+            disconnected = asyncio.get_running_loop().create_future()
+            receiver.add_event_handler("disconnected", lambda e: disconnected.done() or disconnected.set_result(e), disposable=True)
+            stream_errors: list = []
+            receiver.add_event_handler("stream_error", stream_errors.append)
+            sending = asyncio.ensure_future(stream.send_for(6.0))  # through the restart
+            restarting = asyncio.get_running_loop().run_in_executor(None, supervisorctl, "restart", VICTIM)
+            await asyncio.wait_for(disconnected, TIMEOUT)
+            assert not stream_errors, f"the session was ended, not handed over: {stream_errors[0]}"
+            resumed = asyncio.get_running_loop().create_future()
+            receiver.add_event_handler("session_resumed", lambda e: resumed.done() or resumed.set_result(e), disposable=True)
+            receiver.connect("127.0.0.1", endpoint.c2s_port)
+            await asyncio.wait_for(resumed, TIMEOUT)
+            assert receiver.plugin["xep_0198"].sm_id == sm_id and not starts, "the client bound a new session instead of resuming"
+            restarted = await restarting
+            assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+            await sending
+            await asyncio.sleep(1.0)
+            sender.plugin["xep_0198"].request_ack()
+            await wait_async(lambda: set(stream.sent) <= stream.acked, "the server to acknowledge every message")
+            got: set[str] = set()
+            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            while not set(stream.sent) <= got and asyncio.get_running_loop().time() < deadline:
+                try:
+                    message = await asyncio.wait_for(receiver.received.get(), 1.0)
+                except asyncio.TimeoutError:
+                    continue
+                if message["type"] == "chat":
+                    got.add(message["body"])
+            missing = set(stream.sent) - got
+            assert not missing, f"{len(missing)} of {len(stream.sent)} messages never reached the resumed session, e.g. {sorted(missing)[:3]}"
+
+            # Still in the room, though its old front end restarted and took its own occupants out.
+            holder = front_end_of(config, recipient, receiver.boundjid.resource)
+            entry = OccupantStore(chat_server.get_redis_primary()).occupant(room, receiver.boundjid.full)
+            assert entry is not None and entry.frontend == holder, (entry, holder)
+            said = f"after the restart {uuid.uuid4().hex[:6]}"
+            sender.send_message(mto=JID(room), mbody=said, mtype="groupchat")
+            while True:
+                message = await asyncio.wait_for(receiver.received.get(), TIMEOUT)
+                if message["type"] == "groupchat" and message["body"] == said:
+                    break
+        finally:
+            await sender.close()
+            await receiver.close()
+
+    run(scenario())

@@ -46,6 +46,7 @@ class Client(slixmpp.ClientXMPP):
         resource: str | None = None,
         available: bool = True,
         plugins: tuple[str, ...] = (),
+        plugin_config: dict[str, dict] | None = None,
     ):
         resource = resource or f"e2e-{uuid.uuid4().hex[:4]}"
         super().__init__(f"{username}@{endpoint.domain}/{resource}", password, sasl_mech=mechanism)
@@ -64,7 +65,7 @@ class Client(slixmpp.ClientXMPP):
         self.register_plugin("xep_0030")  # service discovery
         self.register_plugin("xep_0092")  # software version
         for plugin in plugins:
-            self.register_plugin(plugin)
+            self.register_plugin(plugin, pconfig=(plugin_config or {}).get(plugin))
 
     def _on_session_start(self, _event) -> None:
         if self.available:
@@ -105,7 +106,7 @@ def run(coroutine):
 
 
 async def login(endpoint, username, password=PASSWORD, mechanism=None, direct_tls=False, **options) -> tuple[Client, bool]:
-    """Log ``username`` in; ``options`` go to `Client` (resource, available, plugins)."""
+    """Log ``username`` in; ``options`` go to `Client` (resource, available, plugins, plugin_config)."""
     client = Client(endpoint, username, password, mechanism, direct_tls, **options)
     ok = await client.log_in()
     return client, ok

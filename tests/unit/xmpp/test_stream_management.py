@@ -27,6 +27,7 @@ class Bus:
     def __init__(self):
         self.routers: dict[str, FakeRouter] = {}
         self.in_flight: list = []
+        self.directory: dict[str, str] = {}  # the session directory: full JID -> front end
 
     def flush(self) -> None:
         while self.in_flight:
@@ -48,9 +49,18 @@ class FakeRouter:
 
     def session_started(self, connection):
         self.events.append(("started", connection))
+        self.bus.directory[connection.jid.full()] = self.frontend_id
 
     def session_ended(self, connection):
         self.events.append(("ended", connection))
+        if self.bus.directory.get(connection.jid.full()) == self.frontend_id:
+            del self.bus.directory[connection.jid.full()]
+
+    def session_moved(self, connection, frontend):
+        self.events.append(("moved", frontend))
+
+    def frontends_of_user(self, username):
+        return sorted({f for full, f in self.bus.directory.items() if full.startswith(f"{username}@")})
 
     def undelivered(self, connection, stanzas):
         self.events.append(("undelivered", connection))
@@ -592,3 +602,175 @@ def test_resuming_while_the_old_connection_still_looks_open_closes_it(factory, r
     drop(client)  # the old connection's close arrives late
     assert not [e for e in router.events if e[0] in ("ended", "undelivered")]
     assert factory.sessions.get(again.connection.jid) is again.connection
+
+
+# Handing sessions over when a front end stops.
+def stop_front_end(bus: Bus, factory, peers: list[str]) -> list[int]:
+    """``factory``'s front end hands its sessions to ``peers`` as it stops; the returned list gets how many were taken."""
+    taken: list[int] = []
+    factory.resumable.hand_over_all(peers).addCallback(taken.append)
+    bus.flush()
+    return taken
+
+
+def restart_front_end(bus: Bus, clock, frontend_id: str):
+    """A new process for ``frontend_id``: it remembers nothing of the sessions it created before."""
+    return make_factory(clock, FakeRouter(frontend_id, bus))
+
+
+def test_a_stopping_front_end_hands_its_session_over_and_the_client_resumes_on_the_peer(two_front_ends):
+    """A's live session goes to B to hibernate; A drops the connection without a stream error, ends nothing;
+    what still reaches A is forwarded; the client resumes on B and gets each unacknowledged stanza once."""
+    bus, factory_a, factory_b = two_front_ends
+    client, sm_id = enabled_client(factory_a)
+    old = client.connection
+    old.deliver(message(1))
+    old.deliver(message(2))
+    client.send(f"<a xmlns='{SM}' h='1'/>")
+    client.transport.clear()
+
+    assert stop_front_end(bus, factory_a, ["fe-b"]) == [1]
+    assert client.transport.disconnecting or client.transport.disconnected
+    assert client.transport.value() == b""  # no stream error: the client is to resume, not start anew
+    assert not [e for e in factory_a.router.events if e[0] in ("ended", "undelivered")]
+    assert ("moved", "fe-b") in factory_a.router.events  # the rooms follow the session at once
+    held = factory_b.resumable.get(sm_id)
+    assert held is not None and held.hibernating and held.jid == old.jid
+    assert bus.directory[old.jid.full()] == "fe-b"
+    old.deliver(message(3))  # a stale route still reaches A while it stops: forwarded
+    bus.flush()
+    drop(client)
+
+    again = Client(factory_b)
+    again.login()
+    answer = again.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='1'/>")
+    assert f"<resumed xmlns='{SM}' h='0' previd='{sm_id}'/>" in answer
+    assert bodies(answer) == ["message 2", "message 3"]
+    assert factory_b.sessions.get(old.jid) is again.connection
+
+
+def test_what_the_client_sends_during_the_handover_is_not_counted_so_it_resends_it(two_front_ends):
+    """Stanzas in flight are waited for and counted; what arrives once the handover began is neither routed nor counted."""
+    bus, factory_a, factory_b = two_front_ends
+    client, sm_id = enabled_client(factory_a)
+    client.send(f"<message to='bob@{DOMAIN}' type='chat' id='m1'><body>1</body></message>")
+    taken: list[int] = []
+    factory_a.resumable.hand_over_all(["fe-b"]).addCallback(taken.append)
+    client.send(f"<message to='bob@{DOMAIN}' type='chat' id='m2'><body>2</body></message>")  # read after the pause began
+    assert len(factory_a.router.routed) == 1
+    assert not bus.in_flight  # the offer waits for message 1 to become durable
+    factory_a.router.routed[0][2].callback(None)
+    bus.flush()
+    assert taken == [1]
+    again = Client(factory_b)
+    again.login()
+    answer = again.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='0'/>")
+    assert f"<resumed xmlns='{SM}' h='1' previd='{sm_id}'/>" in answer  # message 1 counted, message 2 not
+
+
+def test_with_no_running_peer_the_session_is_served_again_until_shutdown_ends_it(two_front_ends):
+    """No front end took the session: the client gets what was queued meanwhile, and the shutdown re-routes the rest."""
+    bus, factory_a, _ = two_front_ends
+    client, _ = enabled_client(factory_a)
+    client.transport.clear()
+    factory_a.resumable.hand_over_all(["fe-gone"]).addCallback(lambda n: client.connection.deliver(message(1)))
+    taken = stop_front_end(bus, factory_a, [])
+    assert taken == [0]
+    assert bodies(client.transport.value().decode()) == ["message 1"]
+    assert client.send(f"<r xmlns='{SM}'/>") == f"<a xmlns='{SM}' h='0'/>"  # reading again
+    client.connection.system_shutdown()
+    assert client.stream_error() == "system-shutdown"
+    assert [bodies(s) for s in factory_a.router.undelivered_stanzas] == [["message 1"]]
+
+
+def test_a_peer_that_never_answers_gives_the_session_back_after_five_seconds(clock, two_front_ends):
+    """A hung peer: after `SHUTDOWN_HANDOVER_TIMEOUT` the session is A's again, so the shutdown ends it and loses nothing."""
+    bus, factory_a, factory_b = two_front_ends
+    client, _ = enabled_client(factory_a)
+    factory_b.router.deaf = True
+    taken = stop_front_end(bus, factory_a, ["fe-b"])
+    assert taken == [] and not client.transport.disconnecting
+    client.connection.deliver(message(1))
+    clock.advance(sm.SHUTDOWN_HANDOVER_TIMEOUT + 0.1)
+    assert taken == [0]
+    assert bodies(client.transport.value().decode()) == ["message 1"]
+
+
+def test_a_restarted_origin_finds_the_session_it_handed_over_through_the_directory(clock, two_front_ends):
+    """A hands its session to B and restarts; the client reconnects to the new A, which asks the front end the
+    session directory names, and resumes there."""
+    bus, factory_a, factory_b = two_front_ends
+    client, sm_id = enabled_client(factory_a)
+    client.connection.deliver(message(1))
+    assert stop_front_end(bus, factory_a, ["fe-b"]) == [1]
+    new_a = restart_front_end(bus, clock, "fe-a")
+    again = Client(new_a)
+    again.login()
+    again.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='0'/>")
+    bus.flush()
+    received = again.transport.value().decode()
+    assert f"<resumed xmlns='{SM}' h='0' previd='{sm_id}'/>" in received and bodies(received) == ["message 1"]
+    assert bus.directory[again.connection.jid.full()] == "fe-a"
+
+
+def test_a_refusal_from_a_restarted_origin_leads_to_the_holder(clock, two_front_ends):
+    """The session of A lives on B; A restarted (forgot it) and refuses; C then asks B, found in the directory."""
+    bus, factory_a, factory_b = two_front_ends
+    factory_c = make_factory(clock, FakeRouter("fe-c", bus))
+    client, sm_id = enabled_client(factory_a)
+    drop(client)
+    on_b = Client(factory_b)
+    on_b.login()
+    on_b.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='0'/>")
+    bus.flush()
+    on_b.connection.deliver(message(1))
+    drop(on_b)
+    restart_front_end(bus, clock, "fe-a")
+    on_c = Client(factory_c)
+    on_c.login()
+    on_c.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='0'/>")
+    bus.flush()
+    received = on_c.transport.value().decode()
+    assert f"<resumed xmlns='{SM}' h='0' previd='{sm_id}'/>" in received and bodies(received) == ["message 1"]
+
+
+def test_a_session_no_front_end_holds_fails_to_resume_at_once(clock, two_front_ends):
+    """Asked around and refused everywhere (or found nowhere): <failed><item-not-found/>, without the 5 s wait."""
+    bus, factory_a, factory_b = two_front_ends
+    client, sm_id = enabled_client(factory_a)
+    client.connection.close_stream()  # closed cleanly: ended for good
+    drop(client)
+    again = Client(factory_b)
+    again.login()
+    again.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='0'/>")
+    bus.flush()
+    assert "<item-not-found" in again.transport.value().decode()
+
+
+def test_a_peer_does_not_adopt_a_session_whose_resource_it_has_bound(two_front_ends):
+    """The same full JID bound on B already: B declines, and A keeps the session for its shutdown to end."""
+    bus, factory_a, factory_b = two_front_ends
+    client, _ = enabled_client(factory_a)
+    enabled_client(factory_b)  # alice/phone on B too
+    assert stop_front_end(bus, factory_a, ["fe-b"]) == [0]
+    assert not client.transport.disconnecting
+
+
+def test_a_front_end_that_is_stopping_too_takes_no_session(two_front_ends):
+    """Both front ends stop at once: neither adopts the other's sessions, so each ends its own with a stream error."""
+    bus, factory_a, factory_b = two_front_ends
+    client, _ = enabled_client(factory_a)
+    stop_front_end(bus, factory_b, ["fe-a"])
+    assert stop_front_end(bus, factory_a, ["fe-b"]) == [0]
+    assert factory_b.resumable.get(client.connection.sm.id) is None
+    client.connection.system_shutdown()
+    assert client.stream_error() == "system-shutdown"
+
+
+def test_sessions_go_to_xmpp_front_ends_of_the_same_host_first():
+    """A stopping front end offers its sessions to the XMPP front ends (its own host's first), the HTTPS process last."""
+    from hipchat_server.app.xmpp import peers_in_order
+
+    running = ["h2:xmpp-0", "h1:web", "h1:xmpp-1", "h1:xmpp-0"]
+    assert peers_in_order("h1:xmpp-0", running) == ["h1:xmpp-1", "h2:xmpp-0", "h1:web"]
+    assert peers_in_order("h1:web", running) == ["h1:xmpp-0", "h1:xmpp-1", "h2:xmpp-0"]
