@@ -79,7 +79,7 @@ def _hidden_from_console(sections: list) -> None:
 
 
 def sections_of(report: dict) -> list:
-    """`appliance.lib.status.Section`\ s from a report's ``to_dict()`` (what the console's root agent answers)."""
+    """The `appliance.lib.status.Section` objects of a report's ``to_dict()`` (what the console's root agent answers)."""
     from appliance.lib.status import Section
 
     return [Section(name, s["healthy"], list(s["problems"]), list(s["warnings"]), dict(s["details"])) for name, s in report["sections"].items()]
