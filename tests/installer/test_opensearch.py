@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -373,3 +374,105 @@ def test_killed_data_node_loses_no_reads_or_writes(cluster_nodes, test_index):
     victim_url = cluster_nodes[victim]["url"]
     assert api("GET", f"/{test_index}/_doc/written-while-down?preference=_local", base=victim_url)["found"]
     api("DELETE", f"/{test_index}/_doc/written-while-down?refresh=true")
+
+
+class ClusterWatch:
+    """Samples the cluster from a background thread while something changes it: how many nodes it has, and
+    whether a write (to ``index``, through whichever data node answers) is acknowledged."""
+
+    def __init__(self, data_urls: list[str], index: str, interval: float = 0.25):
+        self.data_urls, self.index, self.interval = data_urls, index, interval
+        self.node_counts: list[int] = []
+        self.acknowledged: list[str] = []
+        self.unserved = 0  # rounds in which no data node answered
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cluster-watch", daemon=True)
+
+    def __enter__(self) -> "ClusterWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(self.interval):
+            n += 1
+            doc = f"rolling-{uuid.uuid4().hex[:8]}-{n}"
+            for base in self.data_urls:
+                try:
+                    self.node_counts.append(api("GET", "/_cluster/health", base=base, timeout=2)["number_of_nodes"])
+                    api("PUT", f"/{self.index}/_doc/{doc}", {"body": "written during a rolling restart", "n": n}, base=base, timeout=10)
+                    self.acknowledged.append(doc)
+                    break
+                except (OSError, ApiError):
+                    continue  # that node is restarting: ask the other
+            else:
+                self.unserved += 1
+
+
+def data_heaps_respelled(nodes_: list[dict]) -> list[dict]:
+    """The profile's nodes with each data node's heap written another way (1g -> 1024m): the same JVM, a changed file."""
+
+    def respelled(heap: str) -> str:
+        size, unit = int(heap[:-1]), heap[-1]
+        if unit == "g":
+            return f"{size * 1024}m"
+        assert unit == "m" and size % 1024 == 0, f"cannot respell the heap {heap}"
+        return f"{size // 1024}g"
+
+    return [dict(node, heap=respelled(node["heap"])) if "data" in node["roles"] else node for node in nodes_]
+
+
+@pytest.mark.disruptive
+def test_a_changed_node_configuration_restarts_those_nodes_one_at_a_time_while_the_cluster_serves(cluster_nodes, test_index):
+    """What an upgrade's installer does when a node's configuration changed: the role restarts only the changed
+    nodes, one at a time, the next only once the cluster is green again. The cluster never loses both data
+    nodes at once, and answers reads and writes throughout; the unchanged nodes keep running."""
+    import fcntl
+    import re
+
+    import yaml
+
+    from tests.conftest import REPO_DIR, run_installer
+
+    with open(os.path.join(REPO_DIR, "installer", "profiles", "single-host.yml")) as f:
+        profile_nodes = yaml.safe_load(f)["opensearch_nodes"]
+    assert {n["name"] for n in profile_nodes} == set(cluster_nodes), "this test changes the single-host profile's nodes"
+    data = sorted(data_node_names(cluster_nodes))
+    pids = {name: node_pid(name) for name in cluster_nodes}
+    data_urls = [cluster_nodes[name]["url"] for name in data]
+    with open("/tmp/hipchat-deploy.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with ClusterWatch(data_urls, test_index) as watch:
+                changed = run_installer("--tags", "opensearch", "-e", json.dumps({"opensearch_nodes": data_heaps_respelled(profile_nodes)}))
+        finally:
+            restored = run_installer("--tags", "opensearch")  # the profile's own spelling again (another rolling restart)
+    assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-2000:]
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-2000:]
+
+    # The restart runs in the role's handler, so its steps show as RUNNING HANDLER in Ansible's output.
+    tasks = re.findall(r"^(?:TASK|RUNNING HANDLER) \[opensearch : (.+?)\] \*", changed.stdout, re.MULTILINE)
+    steps = [t for t in tasks if t.startswith(("Restart the OpenSearch node", "Wait until the cluster is green again"))]
+    assert steps == [
+        step for name in data for step in (f"Restart the OpenSearch node {name}.", f"Wait until the cluster is green again after restarting {name}.")
+    ], steps
+    for name in cluster_nodes:
+        now = node_pid(name)
+        if name in data:
+            assert now not in (0, pids[name]), f"{name} was not restarted"
+        else:
+            assert now == pids[name], f"{name}'s configuration did not change, yet it was restarted"
+
+    print(f"{len(watch.node_counts)} samples, fewest nodes {min(watch.node_counts)}, {len(watch.acknowledged)} writes acknowledged, {watch.unserved} rounds unserved")
+    assert watch.node_counts and min(watch.node_counts) >= len(cluster_nodes) - 1, "two nodes were down at once"
+    assert len(set(watch.node_counts)) > 1, "no restart was seen while sampling"
+    assert watch.unserved == 0, f"in {watch.unserved} rounds no data node answered"
+    wait_for_whole_green_cluster(len(cluster_nodes))
+    found = api("POST", f"/{test_index}/_mget", {"ids": watch.acknowledged})["docs"]
+    lost = [doc["_id"] for doc in found if not doc.get("found")]
+    assert not lost, f"{len(lost)} acknowledged writes are gone, e.g. {lost[:3]}"
+    api("POST", f"/{test_index}/_delete_by_query?refresh=true", {"query": {"ids": {"values": watch.acknowledged}}})
