@@ -379,8 +379,8 @@ class ResumableSessions:
             return stream.resume_failed("item-not-found")
         request_id = secrets.token_hex(8)
         timer = self.clock.callLater(HANDOVER_TIMEOUT, self._gave_up, request_id)
-        request = _ResumeRequest(stream, timer, {"id": sm_id, "user": stream.username, "h": h, "from": self.frontend_id, "request": request_id})
-        self._waiting[request_id] = request
+        payload = {"id": sm_id, "user": stream.username, "h": h, "from": self.frontend_id, "request": request_id}
+        request = self._waiting[request_id] = _ResumeRequest(stream, timer, payload)
         holder = self._elsewhere.get(sm_id) or (origin if origin != self.frontend_id else None)
         if holder is None:  # created here, and where it went was forgotten (this front end restarted since)
             self._search(request)
@@ -425,9 +425,13 @@ class ResumableSessions:
                 return self._gave_up(request.id)
             self._ask(request, candidates)
 
+        def failed(failure) -> None:
+            self.log.failure("looking up where session {id} is failed", failure, id=request.payload["id"])
+            self._gave_up(request.id)
+
         d = defer.maybeDeferred(lookup, request.stream.username)
         d.addCallback(ask)
-        d.addErrback(lambda f: (self.log.failure("looking up where session {id} is failed", f, id=request.payload["id"]), self._gave_up(request.id)))
+        d.addErrback(failed)
 
     def _release_local(self, old: "ClientConnection", stream: "ClientConnection", h: int) -> None:
         """Move a session of this process to a new stream of this process."""
