@@ -495,8 +495,10 @@ def test_a_session_resumes_on_another_front_end_with_nothing_lost_or_doubled(two
     assert not [e for e in factory_a.router.events if e[0] in ("ended", "undelivered")]
 
 
-def test_a_session_moves_on_from_front_end_to_front_end(clock, two_front_ends):
-    """A session resumed on B can be resumed again on A (its origin knows where it went)."""
+@pytest.mark.parametrize("origin_restarted", [False, True], ids=["origin-knows", "origin-restarted"])
+def test_a_session_moves_on_from_front_end_to_front_end(clock, two_front_ends, origin_restarted):
+    """A session of A resumed on B can be resumed again on C: A knows where it went; or, once A restarted
+    and forgot it, A refuses and C finds B in the session directory."""
     bus, factory_a, factory_b = two_front_ends
     factory_c = make_factory(clock, FakeRouter("fe-c", bus))
     client, sm_id = enabled_client(factory_a)
@@ -507,6 +509,8 @@ def test_a_session_moves_on_from_front_end_to_front_end(clock, two_front_ends):
     bus.flush()
     on_b.connection.deliver(message(1))
     drop(on_b)
+    if origin_restarted:
+        restart_front_end(bus, clock, "fe-a")
     on_c = Client(factory_c)
     on_c.login()
     on_c.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='0'/>")
@@ -711,27 +715,6 @@ def test_a_restarted_origin_finds_the_session_it_handed_over_through_the_directo
     received = again.transport.value().decode()
     assert f"<resumed xmlns='{SM}' h='0' previd='{sm_id}'/>" in received and bodies(received) == ["message 1"]
     assert bus.directory[again.connection.jid.full()] == "fe-a"
-
-
-def test_a_refusal_from_a_restarted_origin_leads_to_the_holder(clock, two_front_ends):
-    """The session of A lives on B; A restarted (forgot it) and refuses; C then asks B, found in the directory."""
-    bus, factory_a, factory_b = two_front_ends
-    factory_c = make_factory(clock, FakeRouter("fe-c", bus))
-    client, sm_id = enabled_client(factory_a)
-    drop(client)
-    on_b = Client(factory_b)
-    on_b.login()
-    on_b.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='0'/>")
-    bus.flush()
-    on_b.connection.deliver(message(1))
-    drop(on_b)
-    restart_front_end(bus, clock, "fe-a")
-    on_c = Client(factory_c)
-    on_c.login()
-    on_c.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='0'/>")
-    bus.flush()
-    received = on_c.transport.value().decode()
-    assert f"<resumed xmlns='{SM}' h='0' previd='{sm_id}'/>" in received and bodies(received) == ["message 1"]
 
 
 def test_a_session_no_front_end_holds_fails_to_resume_at_once(clock, two_front_ends):
