@@ -222,13 +222,11 @@ class ClientConnection(XmppStreamProtocol):
 
     def handover_failed(self) -> None:
         """No peer took the session: serve it here again (the stanzas queued meanwhile are sent now)."""
-        self._lent = False
         queued_meanwhile = list(self.sm.unacked)[self._handover_mark or 0 :]
         self._handover_mark = None
         if self._gone:
-            if not self._session_over and self._successor is None:
-                self._hibernate()
-            return
+            return self.lend_cancelled()
+        self._lent = False
         self.transport.resumeProducing()
         for text in queued_meanwhile:
             self.send(text)

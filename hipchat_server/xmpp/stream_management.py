@@ -562,7 +562,7 @@ class ResumableSessions:
         `SHUTDOWN_HANDOVER_TIMEOUT`.
         """
         self.stop_adopting()
-        sessions = [s for s in list(self._by_id.values()) if s.may_hand_over and s.sm.id not in self._lent]
+        sessions = [s for s in list(self._by_id.values()) if s.may_hand_over]
         d = defer.gatherResults([self._hand_over(session, list(peers)) for session in sessions])
         return d.addCallback(sum)
 
@@ -607,8 +607,6 @@ class ResumableSessions:
         """A stopping front end hands a session over: it hibernates here until its client resumes it."""
         # A front end stopping too (all restarted at once) would only end the session later, unannounced.
         adopted = self.adopt(payload) if self.adopt is not None and not self._stopping else None
-        if adopted is not None:
-            self._elsewhere.pop(payload["id"], None)
         reply = {"id": payload["id"], "from": self.frontend_id}
         self._publish(payload["holder"], TAKEN if adopted is not None else DECLINED, reply)
 
